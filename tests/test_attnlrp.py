@@ -267,7 +267,9 @@ def test_explain_leaves_model_as_it_was(tiny_model):
     L, H = model.cfg.n_layers, model.cfg.n_heads
     assert rel.tokens.shape == (5,) and rel.attention.shape == (L, H, 5)
     assert rel.heads.shape == (L, H)
-    assert rel.logit == pytest.approx(float(model(_tokens(5)[:1])[0, -1, 4]), abs=1e-5)
+    with torch.no_grad():
+        logit = model(_tokens(5)[:1])[0, -1, 4].item()
+    assert rel.logit == pytest.approx(logit, abs=1e-5)
 
 
 def test_relevance_fields_are_consistent(tiny_model):
@@ -444,7 +446,7 @@ def _reference_llama_lrp(model: HookedTransformer, tokens: torch.Tensor, target:
     logit.backward()
     tokens_rel = (embed * embed.grad).sum(-1)
     attention = torch.stack([(p * p.grad)[:, -1, :] for p in patterns])
-    return tokens_rel.detach(), attention.detach(), float(logit)
+    return tokens_rel.detach(), attention.detach(), logit.item()
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -483,3 +485,20 @@ def test_explain_matches_independent_implementation(smollm, prompt, target):
     assert err < REFERENCE_RTOL, err
     assert rel.str_tokens is not None and len(rel.str_tokens) == len(tokens)
     assert_no_hooks(model)
+
+
+def test_docs_manual_composition_equals_relevance_at(tiny_llama):
+    """The hand-driven recipe in docs/attnlrp.md gives relevance_at's numbers."""
+    model, tokens, name = tiny_llama, _tokens(5)[:1], "blocks.1.hook_resid_post"
+    cache = {}
+
+    def keep(x, hook):
+        cache[hook.name] = x
+
+    with model.hooks(fwd_hooks=attnlrp_hooks(model) + [(name, keep)]):
+        logit = model(tokens)[0, -1, 7]
+        (grad,) = torch.autograd.grad(logit, cache[name])
+    manual = (cache[name] * grad).detach()
+    assert all(p.grad is None for p in model.parameters())
+    expected = relevance_at(model, tokens, torch.tensor([7]), [name])[name]
+    torch.testing.assert_close(manual, expected, atol=1e-6, rtol=1e-5)
