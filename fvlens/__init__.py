@@ -1,13 +1,48 @@
-"""fvlens: function vectors on TransformerLens."""
+"""fvlens: function vectors on TransformerLens.
 
+Find the attention heads that carry a task, turn their activations into vectors, and steer a
+model with them. Every intervention is a hook list (see ``fvlens.hooks``).
+"""
+
+from fvlens.attnlrp import BatchRelevance, Relevance, attnlrp_hooks, explain, explain_batch
+from fvlens.evaluate import Evaluation, baseline, evaluate, last_logits
 from fvlens.hooks import HookFn, HookList, assert_no_hooks, hook_name
+from fvlens.models import Processing, load_model
+from fvlens.prompts import (PromptBatch, Template, icl_prompts, instruction_prompts,
+                            zero_shot_prompts)
+from fvlens.tasks import (Instruction, Pair, Task, import_davidson, import_todd, list_tasks,
+                          load_task, save_task)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchRelevance",
+    "Evaluation",
     "HookFn",
     "HookList",
-    "assert_no_hooks",
-    "hook_name",
+    "Instruction",
+    "Pair",
+    "Processing",
+    "PromptBatch",
+    "Relevance",
+    "Task",
+    "Template",
     "__version__",
+    "assert_no_hooks",
+    "attnlrp_hooks",
+    "baseline",
+    "evaluate",
+    "explain",
+    "explain_batch",
+    "hook_name",
+    "icl_prompts",
+    "import_davidson",
+    "import_todd",
+    "instruction_prompts",
+    "last_logits",
+    "list_tasks",
+    "load_model",
+    "load_task",
+    "save_task",
+    "zero_shot_prompts",
 ]

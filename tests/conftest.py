@@ -37,9 +37,50 @@ def tiny_config(kind: str = "llama", **overrides) -> HookedTransformerConfig:
     return HookedTransformerConfig(**cfg)
 
 
-def make_tiny(kind: str = "llama", dtype=torch.float32, **overrides) -> HookedTransformer:
+_TOKENIZER = None
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained here on a small corpus (deterministic, offline)."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        from fvlens.tasks import list_tasks, load_task
+
+        corpus = ["Q: A: Give the opposite of the word. Answer with the past tense."]
+        for name in list_tasks():
+            t = load_task(name)
+            corpus += [f"Q: {p.input}\nA: {p.output}\n\n" for p in t.pairs]
+            corpus += [i.text for i in t.instructions]
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<bos>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tk.train_from_iterator(corpus, trainer)
+        import tempfile
+
+        from transformers import AutoTokenizer
+
+        folder = tempfile.mkdtemp(prefix="fvlens-tiny-tok-")
+        PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>",
+                                eos_token="<pad>").save_pretrained(folder)
+        # TransformerLens re-loads tokenizers by name_or_path, so it must come from a folder.
+        _TOKENIZER = AutoTokenizer.from_pretrained(folder)
+    return _TOKENIZER
+
+
+def make_tiny(kind: str = "llama", dtype=torch.float32, *, tokenizer: bool = False,
+              **overrides) -> HookedTransformer:
+    """A tiny random model; with ``tokenizer=True`` it gets the tiny BPE tokenizer."""
     torch.manual_seed(0)
-    model = HookedTransformer(tiny_config(kind, dtype=dtype, **overrides))
+    tok = tiny_tokenizer() if tokenizer else None
+    if tok is not None:
+        overrides = {"d_vocab": len(tok), "default_prepend_bos": False} | overrides
+    model = HookedTransformer(tiny_config(kind, dtype=dtype, **overrides), tok,
+                              default_padding_side="left")
     # Random init leaves biases at zero; give them values so bias handling is exercised.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -52,6 +93,12 @@ def make_tiny(kind: str = "llama", dtype=torch.float32, **overrides) -> HookedTr
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny_model(request) -> HookedTransformer:
     return make_tiny(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_model() -> HookedTransformer:
+    """A tiny llama-style model with a real (tiny) tokenizer, for prompt-level tests."""
+    return make_tiny("llama", tokenizer=True)
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""The ``fvlens`` command: tasks, baseline, run, report, steer, …
+
+Each subcommand is a thin layer over the library: it parses options, calls one function and
+prints a table; results go to ``DIR/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _table(rows: list[dict], columns: Sequence[str]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def write_results(out_dir: Path, results: dict) -> Path:
+    """Write ``results.json`` atomically into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from fvlens.tasks import list_tasks, load_task
+
+    rows = []
+    for name in list_tasks():
+        t = load_task(name)
+        rows.append({"task": name, "pairs": len(t), "instructions": len(t.instructions),
+                     "description": t.description[:60]})
+    print(_table(rows, ["task", "pairs", "instructions", "description"]))
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from fvlens.evaluate import baseline
+    from fvlens.models import load_model
+    from fvlens.provenance import machine, versions
+    from fvlens.tasks import load_task
+
+    tasks = [load_task(t) for t in _csv(args.tasks)]
+    model = load_model(args.model)
+    results = {"model": args.model, "settings": {
+        "shots": args.shots, "n_test": args.n_test, "seed": args.seed,
+        "processing": model.fvlens_meta["processing"]},
+        "versions": versions(), "machine": machine(), "tasks": {}}
+    t0 = time.perf_counter()
+    for task in tasks:
+        results["tasks"][task.name] = baseline(model, task, shots=args.shots, n_test=args.n_test,
+                                               seed=args.seed)
+    results["seconds"] = time.perf_counter() - t0
+    rows = [{"task": name} | r for name, r in results["tasks"].items()]
+    print(_table(rows, ["task", "n", "zero_shot_top1", "icl_top1", "instruction_top1",
+                        "icl_top3", "n_multi_token_targets"]))
+    if args.out:
+        print(f"wrote {write_results(Path(args.out), results)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fvlens", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("tasks", help="list the built-in tasks")
+    s.set_defaults(func=cmd_tasks)
+
+    s = sub.add_parser("baseline", help="zero-shot, ICL and instruction accuracy per task")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--tasks", default="capitalize,present-past,country-capital")
+    s.add_argument("--shots", type=int, default=10)
+    s.add_argument("--n-test", type=int, default=50, help="test queries per task")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="directory for results.json")
+    s.set_defaults(func=cmd_baseline)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+        print(f"fvlens: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
