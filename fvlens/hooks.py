@@ -47,6 +47,8 @@ def hook_name(kind: str, layer: int | None = None) -> str:
         "v": "attn.hook_v",
         "q": "attn.hook_q",
         "k": "attn.hook_k",
+        "rot_k": "attn.hook_rot_k",
+        "rot_q": "attn.hook_rot_q",
         "result": "attn.hook_result",
         "resid_pre": "hook_resid_pre",
         "resid_mid": "hook_resid_mid",

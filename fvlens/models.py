@@ -34,6 +34,7 @@ __all__ = [
     "load_model",
     "cache_dir",
     "embedded_gguf_path",
+    "transposed_layout",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,25 @@ def load_model(
     }
     model.to(device)
     model.eval()
+    transposed_layout(model)
+    return model
+
+
+def transposed_layout(model: HookedTransformer) -> HookedTransformer:
+    """Store the MLP and unembedding matrices transposed in memory (values unchanged).
+
+    TransformerLens's gated MLP and unembedding call ``F.linear(x, W.T.contiguous())``, which
+    copies the whole matrix on every forward pass (113 MB for SmolLM2's unembedding). With the
+    parameter stored as the transpose of a contiguous tensor, ``W.T`` is already contiguous and
+    the copy disappears; results are bit-identical. Returns the model, changed in place.
+    """
+    names = ("W_gate", "W_in", "W_out", "W_U")
+    with torch.no_grad():
+        for module in model.modules():
+            for name in names:
+                p = module._parameters.get(name)
+                if p is not None and p.dim() == 2 and p.is_contiguous():
+                    p.data = p.data.T.contiguous().T
     return model
 
 
