@@ -79,6 +79,61 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from fvlens.models import load_model
+    from fvlens.pipeline import RunConfig, run
+
+    cfg = RunConfig(
+        tasks=tuple(_csv(args.tasks)), prompt_mode=args.prompt_mode,
+        select=tuple(_csv(args.select)), inject=tuple(_csv(args.inject)), k=args.k,
+        k_sweep=tuple(int(k) for k in _csv(args.k_sweep)), heads=args.heads, shots=args.shots,
+        n_samples=args.samples, n_test=args.n_test, seed=args.seed, aie_impl=args.aie_impl,
+        frame=args.frame)
+    from fvlens.tasks import load_task
+
+    for t in cfg.tasks:  # fail before the model loads
+        load_task(t)
+    model = load_model(args.model)
+    results = run(model, cfg)
+    results["model"] = args.model
+    print(_summary_table(results))
+    out = Path(args.out)
+    print(f"wrote {write_results(out, results)}")
+    try:
+        from fvlens.report import write_report
+    except ImportError:  # pragma: no cover - the report module ships with fvlens
+        return 0
+    print(f"wrote {write_report(out)}")
+    return 0
+
+
+def _summary_table(results: dict) -> str:
+    rows = []
+    for name, r in results["tasks"].items():
+        row = {"task": name, "n": r.get("n", 0), "zero-shot": r.get("zero_shot_top1", ""),
+               "icl": r.get("icl_top1", r.get("instruction_top1", ""))}
+        for method, inj in r.get("steered", {}).items():
+            for kind, res in inj.items():
+                extra = f"@L{res['layer']}" if "layer" in res else f"x{res.get('scale', 1):g}"
+                row[f"{method}/{kind}"] = f"{res['top1']:.3f} {extra}"
+        if "skipped" in r:
+            row["note"] = r["skipped"][:60]
+        rows.append(row)
+    columns = ["task", "n", "zero-shot", "icl"]
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    timing = "  ".join(f"{m}: {t['samples_per_min']:.1f} samples/min"
+                       for m, t in results.get("timing", {}).items() if t.get("samples_per_min"))
+    return _table(rows, columns) + (f"\nhead selection: {timing}" if timing else "")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fvlens.report import write_report
+
+    print(f"wrote {write_report(Path(args.dir))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fvlens", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -94,6 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="directory for results.json")
     s.set_defaults(func=cmd_baseline)
+
+    from fvlens.pipeline import DEFAULT_TASKS
+
+    s = sub.add_parser("run", help="the main job: select heads, build FV/DFV, evaluate, report")
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    s.add_argument("--prompt-mode", default="icl", choices=["icl", "instruction"])
+    s.add_argument("--select", default="aie", help="aie, attnlrp or both: aie,attnlrp")
+    s.add_argument("--inject", default="fv,dfv")
+    s.add_argument("--k", type=int, default=20, help="heads per vector")
+    s.add_argument("--k-sweep", default="", help="extra K values to evaluate, e.g. 10,40")
+    s.add_argument("--heads", default="per-task", choices=["per-task", "global"])
+    s.add_argument("--shots", type=int, default=10)
+    s.add_argument("--samples", type=int, default=25, help="head-scoring samples per task")
+    s.add_argument("--n-test", type=int, default=50)
+    s.add_argument("--aie-impl", default="fast", choices=["fast", "reference"])
+    s.add_argument("--frame", default="answers", choices=["answers", "context"],
+                   help="AttnLRP frame in ICL prompts")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/latest")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("report", help="rebuild DIR/report.html from DIR/results.json")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_report)
     return p
 
 
