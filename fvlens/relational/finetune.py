@@ -30,7 +30,7 @@ from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import Pair, Task, load_task
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "grad_last_logits",
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "grad_last_logits", "split_pairs",
            "residual_scale", "held_out_comparison", "save_vector", "load_vector", "INITS",
            "INJECTS", "DEFAULT_LR_SCALE"]
 
@@ -69,6 +69,7 @@ class FinetuneConfig:
         eval_every: validation every this many steps (default: once per epoch).
         test_fraction: the task's test split (held out from extraction and fine-tuning).
         n_test: held-out queries evaluated (a seeded subset), None for all.
+        shots: demonstrations of the extraction's ICL prompts and of the ICL baseline.
     """
 
     pairs: int = 20
@@ -86,6 +87,7 @@ class FinetuneConfig:
     eval_every: int | None = None
     test_fraction: float = 0.3
     n_test: int | None = 50
+    shots: int = 10
 
     def __post_init__(self) -> None:
         if self.inject not in INJECTS:
@@ -94,7 +96,7 @@ class FinetuneConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.heads_from not in ("aie", "attnlrp"):
             raise ValueError(f"heads_from must be 'aie' or 'attnlrp', got {self.heads_from!r}")
-        for name in ("pairs", "steps", "batch_size", "k"):
+        for name in ("pairs", "steps", "batch_size", "k", "shots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
@@ -193,7 +195,7 @@ def _param_fingerprint(model: HookedTransformer) -> float:
         return float(sum(p.double().abs().sum() for p in model.parameters()))
 
 
-def _split_pairs(task: Task, cfg: FinetuneConfig) -> tuple[list[Pair], list[Pair], list[Pair]]:
+def split_pairs(task: Task, cfg: FinetuneConfig) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """Train / validation pairs from the train split, and the held-out test pairs."""
     train, test = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)
     pool = list(train.pairs)
@@ -259,21 +261,22 @@ def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = F
         task: a task name, path or Task.
         cfg: the settings.
         vectors: ``extract_vectors(model, task, select=(cfg.selection,), k=cfg.k,
-            seed=cfg.seed)`` if already computed (it supplies the layer, heads and initial
-            vector); computed here when None and needed.
+            seed=cfg.seed, shots=cfg.shots)`` if already computed (it supplies the layer,
+            heads and initial vector); computed here when None and needed.
         progress: show a tqdm bar with loss and validation top-1.
 
     Returns:
         A ``FinetuneResult`` holding the best-validation vector.
     """
     task = task if isinstance(task, Task) else load_task(task)
-    train_q, val_q, _ = _split_pairs(task, cfg)
+    train_q, val_q, _ = split_pairs(task, cfg)
     method = cfg.selection
     needs_extract = cfg.init in ("aie", "attnlrp") or cfg.inject == "dfv" or cfg.layer is None
     if needs_extract and vectors is None:
         from fvlens.pipeline import extract_vectors
 
-        vectors = extract_vectors(model, task, select=(method,), k=cfg.k, seed=cfg.seed)
+        vectors = extract_vectors(model, task, select=(method,), k=cfg.k, seed=cfg.seed,
+                                  shots=cfg.shots)
     if vectors is not None and method not in vectors.fv:
         raise ValueError(f"vectors hold methods {sorted(vectors.fv)}, init/heads_from needs "
                          f"{method!r}; extract with select=({method!r},)")
@@ -360,14 +363,13 @@ def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = F
 
 
 def held_out_comparison(model: HookedTransformer, task: str | Task,
-                        cfg: FinetuneConfig = FinetuneConfig(), *, shots: int = 10,
+                        cfg: FinetuneConfig = FinetuneConfig(), *,
                         also: Sequence[str] = ("random_init", "finetuned_other"),
                         vectors=None, progress: bool = True) -> dict:
     """Held-out zero-shot top-1 of the baselines and the fine-tuned vectors of one task.
 
     Args:
         cfg: the main fine-tuning run ("finetuned").
-        shots: demonstrations of the ICL baseline (drawn from the train split).
         also: extra runs: "random_init" (same settings, init="random") and
             "finetuned_other" (the other injection, "fv" ↔ "dfv", same init).
         vectors: the extracted vectors, if computed (see ``finetune``).
@@ -381,15 +383,16 @@ def held_out_comparison(model: HookedTransformer, task: str | Task,
     if unknown:
         raise ValueError(f"unknown comparison runs {sorted(unknown)}; choose from "
                          "('random_init', 'finetuned_other')")
-    _, _, test_q = _split_pairs(task, cfg)
+    _, _, test_q = split_pairs(task, cfg)
     if vectors is None:
         from fvlens.pipeline import extract_vectors
 
-        vectors = extract_vectors(model, task, select=(cfg.selection,), k=cfg.k, seed=cfg.seed)
+        vectors = extract_vectors(model, task, select=(cfg.selection,), k=cfg.k, seed=cfg.seed,
+                                  shots=cfg.shots)
     train_split, _ = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)
     zs = zero_shot_prompts(model, test_q)
     top1 = {"zero_shot": evaluate(model, zs).top1,
-            "icl": evaluate(model, icl_prompts(model, test_q, train_split, shots=shots,
+            "icl": evaluate(model, icl_prompts(model, test_q, train_split, shots=cfg.shots,
                                                seed=cfg.seed)).top1}
     m = cfg.selection
     extracted = {"fv": vectors.fv[m].hooks(),
