@@ -1,0 +1,418 @@
+"""Alignment of relation representations with human relation-similarity judgments.
+
+Ratings follow Chen, Peterson & Griffiths (2017): each row rates how similar the relations of
+two word pairs are (``pair1_word1:pair1_word2`` vs ``pair2_word1:pair2_word2``), with the
+relation subtypes of both pairs and a comparison type (within-subtype, between-subtype,
+between-type). Two analyses (choices documented in ``docs/relational.md``):
+
+- relation level (RSA): one vector per relation subtype; the cosine of two relations' vectors
+  against the mean rating of rows comparing those relations (off-diagonal relation pairs);
+  the permutation test shuffles relation labels (Mantel), the bootstrap resamples relation
+  pairs.
+- pair level: one vector per word pair; the cosine of the two pairs of a row against its
+  rating, overall and per comparison type; the permutation test shuffles ratings, the bootstrap
+  resamples rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from fvlens.hooks import hook_name
+from fvlens.prompts import DEFAULT_TEMPLATE, icl_prompts, tokenize
+from fvlens.tasks import Pair, Task
+
+__all__ = ["Rating", "read_ratings", "relation_pairs", "correlate", "relation_level",
+           "pair_level", "pair_representations", "unembed_difference", "icl_mean_vectors",
+           "random_vectors", "scatter", "run_similarity", "relation_task", "COLUMNS"]
+
+COLUMNS = ("relation1", "relation2", "comparison_type", "pair1_word1", "pair1_word2",
+           "pair2_word1", "pair2_word2", "mean_rating")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rating:
+    """One row of the ratings file."""
+
+    relation1: str
+    relation2: str
+    comparison_type: str
+    pair1: tuple[str, str]
+    pair2: tuple[str, str]
+    mean_rating: float
+    num_ratings: int | None = None
+
+
+def read_ratings(path: str | Path) -> list[Rating]:
+    """Read a Chen, Peterson & Griffiths (2017) mean-ratings CSV.
+
+    Columns: ``relation1, relation2, comparison_type, pair1_word1, pair1_word2, pair2_word1,
+    pair2_word2, mean_rating[, num_ratings]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ratings file {path} does not exist; pass the relsim "
+                                "mean-ratings CSV with --ratings")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} lacks columns {sorted(missing)}; a ratings file has "
+                             f"{', '.join(COLUMNS)}[, num_ratings]")
+        rows = []
+        for r in reader:
+            n = r.get("num_ratings")
+            rows.append(Rating(relation1=r["relation1"].strip(), relation2=r["relation2"].strip(),
+                               comparison_type=r["comparison_type"].strip(),
+                               pair1=(r["pair1_word1"].strip(), r["pair1_word2"].strip()),
+                               pair2=(r["pair2_word1"].strip(), r["pair2_word2"].strip()),
+                               mean_rating=float(r["mean_rating"]),
+                               num_ratings=int(float(n)) if n not in (None, "") else None))
+    if not rows:
+        raise ValueError(f"{path} has a header but no rows")
+    return rows
+
+
+def relation_pairs(rows: Sequence[Rating]) -> dict[str, list[Pair]]:
+    """The word pairs of each relation subtype, in first-seen order."""
+    out: dict[str, dict[Pair, None]] = {}
+    for r in rows:
+        out.setdefault(r.relation1, {})[Pair(input=r.pair1[0], output=r.pair1[1])] = None
+        out.setdefault(r.relation2, {})[Pair(input=r.pair2[0], output=r.pair2[1])] = None
+    return {k: list(v) for k, v in sorted(out.items())}
+
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
+    return float(pearsonr(x, y)[0]) if np.std(x) > 0 and np.std(y) > 0 else float("nan")
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y)[0]) if np.std(x) > 0 and np.std(y) > 0 else float("nan")
+
+
+def correlate(model_sim: np.ndarray, human: np.ndarray, *, n_perm: int = 1000,
+              n_boot: int = 1000, seed: int = 0,
+              permute: Callable[[np.random.Generator], np.ndarray] | None = None) -> dict:
+    """Spearman and Pearson correlations with a permutation p-value and a bootstrap 95% CI.
+
+    Args:
+        model_sim: the model's similarity per item.
+        human: the human rating per item.
+        n_perm: permutations (two-sided p = (1 + #{|r_perm| ≥ |r|}) / (1 + n_perm)).
+        n_boot: bootstrap resamples of the items (percentile CI).
+        permute: returns a permuted ``model_sim`` (default: shuffle the items); the relation
+            level passes a relation-label shuffle (Mantel test).
+
+    Returns:
+        ``{"n", "spearman": {"r", "p_perm", "ci95"}, "pearson": {...}}``.
+    """
+    x, y = np.asarray(model_sim, float), np.asarray(human, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"model_sim and human must be equal-length 1-D arrays, got {x.shape} "
+                         f"and {y.shape}")
+    rng = np.random.default_rng(seed)
+    out: dict = {"n": int(len(x))}
+    perms = [permute(rng) if permute else rng.permutation(x) for _ in range(n_perm)]
+    boots = [rng.integers(0, len(x), len(x)) for _ in range(n_boot)]
+    for name, fn in (("spearman", _spearman), ("pearson", _pearson)):
+        r = fn(x, y)
+        if len(x) < 3 or np.isnan(r):
+            out[name] = {"r": r, "p_perm": None, "ci95": None}
+            continue
+        null = np.array([fn(p, y) for p in perms])
+        p = (1 + int(np.sum(np.abs(null) >= abs(r) - 1e-12))) / (1 + n_perm)
+        bs = np.array([fn(x[b], y[b]) for b in boots])
+        bs = bs[~np.isnan(bs)]
+        ci = [float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))] if len(bs) else None
+        out[name] = {"r": r, "p_perm": p, "ci95": ci}
+    return out
+
+
+def _cosine_matrix(vectors: Tensor) -> np.ndarray:
+    v = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    return (v @ v.T).numpy()
+
+
+# --- relation level ------------------------------------------------------------------------
+
+
+def relation_level(rows: Sequence[Rating], names: Sequence[str],
+                   vectors: Float[Tensor, "n_relations d"], *, n_perm: int = 1000,
+                   n_boot: int = 1000, seed: int = 0) -> dict:
+    """RSA: cosine of relation vectors vs the mean rating of each rated relation pair.
+
+    Args:
+        rows: the ratings.
+        names: relation subtypes, one per row of ``vectors``.
+        vectors: one vector per relation.
+
+    Returns:
+        ``correlate``'s dict plus ``"items": [{"relations", "cosine", "rating"}]``.
+    """
+    if len(names) != vectors.shape[0]:
+        raise ValueError(f"{len(names)} names for {vectors.shape[0]} vectors")
+    index = {n: i for i, n in enumerate(names)}
+    sums: dict[tuple[int, int], list[float]] = {}
+    for r in rows:
+        if r.relation1 in index and r.relation2 in index and r.relation1 != r.relation2:
+            a, b = sorted((index[r.relation1], index[r.relation2]))
+            sums.setdefault((a, b), []).append(r.mean_rating)
+    if len(sums) < 3:
+        raise ValueError(f"only {len(sums)} rated pairs of distinct relations among {list(names)};"
+                         " include more relations")
+    keys = sorted(sums)
+    sim = _cosine_matrix(vectors)
+    ia, ib = np.array([k[0] for k in keys]), np.array([k[1] for k in keys])
+    model_sim = sim[ia, ib]
+    human = np.array([np.mean(sums[k]) for k in keys])
+
+    def mantel(rng: np.random.Generator) -> np.ndarray:
+        p = rng.permutation(len(names))
+        return sim[p][:, p][ia, ib]
+
+    out = correlate(model_sim, human, n_perm=n_perm, n_boot=n_boot, seed=seed, permute=mantel)
+    out["items"] = [{"relations": [names[a], names[b]], "cosine": float(c), "rating": float(h)}
+                    for (a, b), c, h in zip(keys, model_sim, human)]
+    return out
+
+
+@torch.no_grad()
+def icl_mean_vectors(model: HookedTransformer, relations: dict[str, Sequence[Pair]], *,
+                     layer: int, shots: int = 5, n_prompts: int = 10, seed: int = 0,
+                     center: bool = True) -> Float[Tensor, "n_relations d_model"]:
+    """Unfine-tuned relation vectors: the mean last-token residual at ``layer`` over
+    ``shots``-shot ICL prompts of each relation (centred across relations by default).
+    Relations with fewer than ``shots + 1`` pairs use as many shots as they can."""
+    out = []
+    for name, pairs in relations.items():
+        pairs = list(pairs)
+        k = min(shots, len(pairs) - 1)
+        if k < 1:
+            raise ValueError(f"relation {name!r} has {len(pairs)} pair(s); need ≥ 2")
+        qs = random.Random(seed).sample(pairs, min(n_prompts, len(pairs)))
+        batch = icl_prompts(model, qs, pairs, shots=k, seed=seed)
+        out.append(_last_resid(model, batch.tokens, batch.attention_mask, layer).mean(0))
+    v = torch.stack(out)
+    return v - v.mean(0) if center else v
+
+
+def _last_resid(model, tokens, mask, layer: int) -> Tensor:
+    name = hook_name("resid_post", layer)
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device),
+                                    attention_mask=mask.to(model.cfg.device),
+                                    names_filter=lambda n: n == name,
+                                    stop_at_layer=layer + 1)
+    return cache[name][:, -1].float().cpu()
+
+
+def unembed_difference(model: HookedTransformer, pairs: Sequence[Pair]
+                       ) -> Float[Tensor, "n_pairs d_model"]:
+    """Baseline pair vector: ``W_U[:, tok(" " + B)] − W_U[:, tok(" " + A)]`` (first tokens)."""
+    w_u = model.W_U.detach().float().cpu()
+    tok = model.tokenizer
+
+    def first(word: str) -> int:
+        return tok(DEFAULT_TEMPLATE.answer_prefix + word, add_special_tokens=False)["input_ids"][0]
+
+    return torch.stack([w_u[:, first(p.output)] - w_u[:, first(p.input)] for p in pairs])
+
+
+def random_vectors(n: int, d: int, *, seed: int = 0) -> Float[Tensor, "n d"]:
+    """Seeded Gaussian vectors (the chance baseline)."""
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+# --- pair level ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pair_representations(model: HookedTransformer, pairs: Sequence[Pair], *, layer: int,
+                         center: bool = True, batch_size: int = 32
+                         ) -> Float[Tensor, "n_pairs d_model"]:
+    """Each pair ``A:B`` as the last-token residual at ``layer`` of ``Q: A\\nA: B\\n\\nQ:``.
+
+    The pair is the only demonstration and the prompt stops where the next query would
+    begin, so the last token's residual summarises the demonstrated mapping (the position
+    whose head outputs make a function vector). With ``center`` the mean over ``pairs`` is
+    subtracted (the residual stream has a large shared component that dominates cosines).
+    """
+    q = DEFAULT_TEMPLATE
+    texts = [q.query.format(x=p.input) + q.answer_prefix + p.output + q.demo_suffix + "Q:"
+             for p in pairs]
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    out = []
+    for s in range(0, len(texts), batch_size):
+        ids = [tokenize(model, t)[0] for t in texts[s:s + batch_size]]
+        width = max(map(len, ids))
+        tokens = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(tokens)
+        for i, r in enumerate(ids):
+            tokens[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        out.append(_last_resid(model, tokens, mask, layer))
+    v = torch.cat(out)
+    return v - v.mean(0) if center else v
+
+
+def pair_level(rows: Sequence[Rating], pairs: Sequence[Pair],
+               vectors: Float[Tensor, "n_pairs d"], *, n_perm: int = 1000, n_boot: int = 1000,
+               seed: int = 0) -> dict:
+    """Cosine of each row's two pair vectors vs its rating, overall and per comparison type.
+
+    Returns:
+        ``{"all": correlate-dict, "<comparison_type>": correlate-dict, ...,
+        "cosine": [per-row cosine]}``.
+    """
+    index = {(p.input, p.output): i for i, p in enumerate(pairs)}
+    missing = {r.pair1 for r in rows if r.pair1 not in index} | \
+        {r.pair2 for r in rows if r.pair2 not in index}
+    if missing:
+        raise ValueError(f"{len(missing)} rated pairs have no vector, e.g. {sorted(missing)[:3]}")
+    v = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    a = torch.tensor([index[r.pair1] for r in rows])
+    b = torch.tensor([index[r.pair2] for r in rows])
+    cos = (v[a] * v[b]).sum(-1).numpy()
+    human = np.array([r.mean_rating for r in rows])
+    types = np.array([r.comparison_type for r in rows])
+    out = {"all": correlate(cos, human, n_perm=n_perm, n_boot=n_boot, seed=seed)}
+    for t in sorted(set(types)):
+        sel = types == t
+        out[t] = correlate(cos[sel], human[sel], n_perm=n_perm, n_boot=n_boot, seed=seed)
+    out["cosine"] = cos.tolist()
+    return out
+
+
+def scatter(rows: Sequence[Rating], cosines: Sequence[float], *, title: str = ""):
+    """Plotly scatter of model cosine vs human rating, coloured by comparison type."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    types = sorted({r.comparison_type for r in rows})
+    for t in types:
+        idx = [i for i, r in enumerate(rows) if r.comparison_type == t]
+        fig.add_trace(go.Scattergl(
+            x=[cosines[i] for i in idx], y=[rows[i].mean_rating for i in idx], mode="markers",
+            name=t, marker=dict(size=5, opacity=0.6),
+            text=[f"{rows[i].pair1[0]}:{rows[i].pair1[1]} vs {rows[i].pair2[0]}:{rows[i].pair2[1]}"
+                  for i in idx]))
+    fig.update_layout(title=title, xaxis_title="model cosine", yaxis_title="mean human rating")
+    return fig
+
+
+def relation_task(name: str, pairs: Sequence[Pair]) -> Task:
+    """A relation subtype's pairs as a Task (for ``finetune``)."""
+    return Task(name=name, description=f"relation subtype {name} of the ratings file",
+                pairs=tuple(pairs))
+
+
+# --- the whole analysis --------------------------------------------------------------------
+
+
+def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: int | None = None,
+                   n_relations: int | None = None, max_rows: int | None = 1500,
+                   finetune_cfg=None, icl_shots: int = 5, n_perm: int = 1000,
+                   n_boot: int = 1000, seed: int = 0, progress: bool = True
+                   ) -> tuple[dict, dict]:
+    """Relation- and pair-level alignment for every representation and baseline.
+
+    Args:
+        rows: the ratings.
+        layer: residual layer of the representations and of the fine-tuned vectors (default
+            ``finetune_cfg.layer`` or ``n_layers // 3``).
+        n_relations: seeded subset of relation subtypes (None = all); rows of the pair level
+            are restricted to these relations too.
+        max_rows: seeded subset of rows for the pair level (None or 0 = all).
+        finetune_cfg: ``FinetuneConfig`` of the per-relation fine-tuned FVs (``init`` "zeros"
+            needs no head scoring); None skips the fine-tuned relation vectors.
+        icl_shots: demonstrations of the ``icl_mean`` relation vectors.
+
+    Returns:
+        ``(results, figures)``: results has ``relation_level`` and ``pair_level`` dicts keyed
+        by representation; figures are plotly scatters by name.
+    """
+    from tqdm.auto import tqdm
+
+    rel = relation_pairs(rows)
+    names = sorted(rel)
+    if n_relations is not None and n_relations < len(names):
+        names = sorted(random.Random(seed).sample(names, n_relations))
+    keep = set(names)
+    rows = [r for r in rows if r.relation1 in keep and r.relation2 in keep]
+    rel = {n: rel[n] for n in names}
+    if layer is None:
+        layer = getattr(finetune_cfg, "layer", None)
+        layer = model.cfg.n_layers // 3 if layer is None else layer
+    stats = dict(n_perm=n_perm, n_boot=n_boot, seed=seed)
+    relation_vectors: dict[str, Tensor] = {
+        "icl_mean": icl_mean_vectors(model, rel, layer=layer, shots=icl_shots, seed=seed),
+        "unembed_diff": torch.stack([unembed_difference(model, rel[n]).mean(0) for n in names]),
+        "random": random_vectors(len(names), model.cfg.d_model, seed=seed),
+    }
+    ft_info = {}
+    if finetune_cfg is not None:
+        from fvlens.relational.finetune import finetune
+
+        cfg = dataclasses.replace(finetune_cfg, layer=layer)
+        vecs = []
+        for n in tqdm(names, desc="relation FVs", disable=not progress):
+            res = finetune(model, relation_task(n, rel[n]), cfg, progress=False)
+            vecs.append(res.vector.vector)
+            ft_info[n] = {"best_step": res.best_step, "lr": res.lr,
+                          "val_top1": max(h["val_top1"] for h in res.history),
+                          "val_top1_initial": res.history[0]["val_top1"]}
+        relation_vectors["finetuned"] = torch.stack(vecs)
+    results: dict = {"layer": layer, "relations": names, "n_rows": len(rows),
+                     "relation_level": {}, "pair_level": {}, "finetune": ft_info}
+    for rep, v in relation_vectors.items():
+        results["relation_level"][rep] = relation_level(rows, names, v, **stats)
+
+    pair_rows = list(rows)
+    if max_rows and len(pair_rows) > max_rows:
+        pair_rows = random.Random(seed).sample(pair_rows, max_rows)
+    pairs = list(dict.fromkeys(
+        [Pair(input=r.pair1[0], output=r.pair1[1]) for r in pair_rows]
+        + [Pair(input=r.pair2[0], output=r.pair2[1]) for r in pair_rows]))
+    pair_vectors = {
+        "resid": pair_representations(model, pairs, layer=layer),
+        "unembed_diff": unembed_difference(model, pairs),
+        "random": random_vectors(len(pairs), model.cfg.d_model, seed=seed),
+    }
+    figs = {}
+    for rep, v in pair_vectors.items():
+        res = pair_level(pair_rows, pairs, v, **stats)
+        cos = res.pop("cosine")
+        results["pair_level"][rep] = res
+        if rep == "resid":
+            figs["pair_level_scatter"] = scatter(
+                pair_rows, cos, title=f"pair level: residual at layer {layer} vs human rating")
+    results["n_pair_rows"] = len(pair_rows)
+    results["n_pairs"] = len(pairs)
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for rep, r in results["relation_level"].items():
+        fig.add_trace(go.Scatter(x=[i["cosine"] for i in r["items"]],
+                                 y=[i["rating"] for i in r["items"]], mode="markers", name=rep,
+                                 text=[":".join(i["relations"]) for i in r["items"]]))
+    fig.update_layout(title="relation level: cosine of relation vectors vs mean rating",
+                      xaxis_title="cosine", yaxis_title="mean human rating")
+    figs["relation_level_scatter"] = fig
+    return results, figs
