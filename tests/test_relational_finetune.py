@@ -104,8 +104,9 @@ def test_initialisations(tiny_tok_model):
     rnd = finetune(tiny_tok_model, "capitalize", FinetuneConfig(init="random", **base),
                    vectors=vecs, progress=False).initial
     assert torch.isclose(rnd.vector.norm(), vecs.fv["aie"].vector.norm())
-    zero = finetune(tiny_tok_model, "capitalize", FinetuneConfig(init="zeros", inject="dfv", **base),
-                    vectors=vecs, progress=False).initial
+    zero = finetune(tiny_tok_model, "capitalize",
+                    FinetuneConfig(init="zeros", inject="dfv", **base), vectors=vecs,
+                    progress=False).initial
     assert zero.heads == vecs.dfv["aie"].heads and zero.means.abs().sum() == 0
     dfv = finetune(tiny_tok_model, "capitalize", FinetuneConfig(init="aie", inject="dfv", **base),
                    vectors=vecs, progress=False).initial

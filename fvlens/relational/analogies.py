@@ -314,7 +314,8 @@ def evaluate_analogies(model: HookedTransformer, items: Sequence[AnalogyItem],
         elif cond == "icl":
             res = score_items(model, items, icl=True)
         elif cond == "single_best":
-            lp = torch.cat([single_vector_logprobs(model, bank, zero_shot_prompts(model, stems[s:s + 32]))
+            lp = torch.cat([single_vector_logprobs(model, bank,
+                                                   zero_shot_prompts(model, stems[s:s + 32]))
                             for s in range(0, n, 32)])
             best = lp.argmax(1)
             extra["single_best"] = [bank.names[int(b)] for b in best]
@@ -347,13 +348,15 @@ def evaluate_analogies(model: HookedTransformer, items: Sequence[AnalogyItem],
         return out
 
     rels = sorted({it.relation for it in items})
-    result = {"n_items": n, "bank": list(bank.names), "accuracy": summary(torch.ones(n, dtype=torch.bool)),
+    result = {"n_items": n, "bank": list(bank.names),
+              "accuracy": summary(torch.ones(n, dtype=torch.bool)),
               "by_group": {"in_bank": summary(in_bank), "not_in_bank": summary(~in_bank)},
               "by_relation": {r: summary(torch.tensor([it.relation == r for it in items]))
                               for r in rels},
               "choices": extra}
     if "single_best" in extra:
-        known = [(it.relation, b) for it, b in zip(items, extra["single_best"]) if it.relation in bank.names]
+        known = [(it.relation, b) for it, b in zip(items, extra["single_best"])
+                 if it.relation in bank.names]
         result["single_best_is_true_relation"] = (sum(a == b for a, b in known) / len(known)
                                                    if known else None)
     return result

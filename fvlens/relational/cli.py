@@ -203,7 +203,8 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--items", default=None,
                    help=".jsonl (SAT style) or .csv (A,B,C,D[,D_foil]); default "
                         "tasks/analogies.jsonl")
-    s.add_argument("--bank", required=True, help="folder of fine-tuned FVs ({relation}.safetensors)")
+    s.add_argument("--bank", required=True,
+                   help="folder of fine-tuned FVs ({relation}.safetensors)")
     s.add_argument("--build-bank", default=None, metavar="TASKS",
                    help="fine-tune the bank first when the folder is empty: 'default' or a "
                         "comma list of tasks")
