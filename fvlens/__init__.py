@@ -7,6 +7,7 @@ model with them. Every intervention is a hook list (see ``fvlens.hooks``).
 from fvlens.attnlrp import BatchRelevance, Relevance, attnlrp_hooks, explain, explain_batch
 from fvlens.activations import mean_head_activations
 from fvlens.evaluate import Evaluation, baseline, evaluate, last_logits
+from fvlens.generation import generate, side_by_side
 from fvlens.heads import Head, HeadScores, overlap
 from fvlens.heads.aie import indirect_effects, patch_head_hooks
 from fvlens.heads.select import score_heads
@@ -29,6 +30,8 @@ __all__ = [
     "HeadScores",
     "RunConfig",
     "extract_vectors",
+    "generate",
+    "side_by_side",
     "indirect_effects",
     "mean_head_activations",
     "overlap",

@@ -127,6 +127,30 @@ def _summary_table(results: dict) -> str:
     return _table(rows, columns) + (f"\nhead selection: {timing}" if timing else "")
 
 
+def cmd_steer(args: argparse.Namespace) -> int:
+    from fvlens.generation import steer_report
+    from fvlens.models import load_model
+    from fvlens.tasks import load_task
+
+    load_task(args.task)  # fail before the model loads
+    model = load_model(args.model)
+    prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    rep = steer_report(model, prompt, task=args.task, select=args.select, inject=args.inject,
+                       k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                       n_samples=args.samples)
+    where = f"layer {rep['layer']}" if rep.get("layer") is not None else f"scale {rep.get('scale')}"
+    print(f"task {args.task}: {args.select} heads (k={args.k}), {args.inject} at {where}")
+    print(f"prompt:     {rep['prompt']!r}")
+    print(f"unsteered:  {rep['unsteered']!r}")
+    print(f"steered:    {rep['steered']!r}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "steer.json").write_text(json.dumps(rep, indent=1))
+        print(f"wrote {out / 'steer.json'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from fvlens.report import write_report
 
@@ -170,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/latest")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("steer", help="continue a prompt with and without a task's vector")
+    s.add_argument("prompt", help=r"the prompt; \n escapes are decoded (e.g. 'Q: cat\nA:')")
+    s.add_argument("--task", required=True)
+    s.add_argument("--model", default="smollm2-135m")
+    s.add_argument("--select", default="aie", choices=["aie", "attnlrp"])
+    s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
+    s.add_argument("--k", type=int, default=20)
+    s.add_argument("--samples", type=int, default=25, help="head-scoring samples")
+    s.add_argument("--max-new-tokens", type=int, default=20)
+    s.add_argument("--no-escapes", dest="escapes", action="store_false")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="directory for steer.json")
+    s.set_defaults(func=cmd_steer)
 
     s = sub.add_parser("report", help="rebuild DIR/report.html from DIR/results.json")
     s.add_argument("dir")

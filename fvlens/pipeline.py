@@ -33,8 +33,9 @@ __all__ = ["RunConfig", "TaskData", "Vectors", "prepare_task", "extract_vectors"
            "DEFAULT_TASKS"]
 
 # Tasks SmolLM2-135M does in context (10-shot ICL top-1 ≥ 0.5) while zero-shot is ≈ 0.
-DEFAULT_TASKS = ("capitalize", "present-past", "antonym", "singular-plural", "english-french",
-                 "next_item")
+DEFAULT_TASKS = ("capitalize", "present-past", "singular-plural", "antonym",
+                 "capitalize_first_letter",
+                 "choose_first_of_3")
 INJECTIONS = ("fv", "dfv")
 
 
