@@ -11,7 +11,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import DEFAULT_BATCH_SIZE, _forward_last, evaluation_from_logits
+from fvlens.evaluate import (DEFAULT_BATCH_SIZE, _forward_last, auto_batch_size,
+                             evaluation_from_logits)
 from fvlens.hooks import hook_name
 from fvlens.prompts import PromptBatch
 
@@ -20,7 +21,7 @@ __all__ = ["last_token_head_activations", "mean_head_activations"]
 
 @torch.no_grad()
 def last_token_head_activations(
-    model: HookedTransformer, batch: PromptBatch, *, batch_size: int = DEFAULT_BATCH_SIZE
+    model: HookedTransformer, batch: PromptBatch, *, batch_size: int | None = DEFAULT_BATCH_SIZE
 ) -> tuple[Float[Tensor, "batch n_layers n_heads d_head"], Bool[Tensor, " batch"]]:
     """Every head's ``hook_z`` at the last token of every prompt, and whether the prompt's
     top-1 prediction is its target.
@@ -36,7 +37,7 @@ def last_token_head_activations(
     """
     n_layers = model.cfg.n_layers
     zs, correct = [], []
-    for chunk in batch.chunks(batch_size):
+    for chunk in batch.chunks(auto_batch_size(batch, batch_size)):
         store: list[Tensor | None] = [None] * n_layers
 
         def grab(z: Tensor, hook, layer: int) -> None:
@@ -52,7 +53,7 @@ def last_token_head_activations(
 
 def mean_head_activations(
     model: HookedTransformer, batch: PromptBatch, *, only_correct: bool = True,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
 ) -> Float[Tensor, "n_layers n_heads d_head"]:
     """Each head's ``hook_z`` at the last token, averaged over prompts.
 

@@ -21,15 +21,25 @@ from fvlens.hooks import HookFn
 from fvlens.prompts import PromptBatch, icl_prompts, instruction_prompts, zero_shot_prompts
 from fvlens.tasks import Task
 
-__all__ = ["Evaluation", "last_logits", "evaluate", "baseline", "DEFAULT_BATCH_SIZE"]
+__all__ = ["Evaluation", "last_logits", "evaluate", "baseline", "layer_sweep",
+           "DEFAULT_BATCH_SIZE"]
 
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = None  # automatic: as many rows as fit TOKENS_PER_PASS
+TOKENS_PER_PASS = 1600
+
+
+def auto_batch_size(batch: PromptBatch, batch_size: int | None) -> int:
+    """``batch_size`` if given, else rows of ``batch``'s width that fit ``TOKENS_PER_PASS``
+    (between 4 and 64): short zero-shot prompts run in few passes, long ICL ones in more."""
+    if batch_size is not None:
+        return batch_size
+    return max(4, min(64, TOKENS_PER_PASS // max(1, batch.tokens.shape[1])))
 
 
 @torch.no_grad()
 def last_logits(model: HookedTransformer, batch: PromptBatch, *,
                 fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-                batch_size: int = DEFAULT_BATCH_SIZE) -> Float[Tensor, "batch vocab"]:
+                batch_size: int | None = DEFAULT_BATCH_SIZE) -> Float[Tensor, "batch vocab"]:
     """Logits at the last position of every row, with ``fwd_hooks`` applied.
 
     Args:
@@ -40,7 +50,7 @@ def last_logits(model: HookedTransformer, batch: PromptBatch, *,
     """
     out = []
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        for chunk in batch.chunks(batch_size):
+        for chunk in batch.chunks(auto_batch_size(batch, batch_size)):
             out.append(_forward_last(model, chunk.tokens, chunk.attention_mask))
     return torch.cat(out)
 
@@ -49,11 +59,51 @@ def _forward_last(model: HookedTransformer, tokens: Tensor, mask: Tensor) -> Ten
     device = model.cfg.device
     resid = model(tokens.to(device), attention_mask=mask.to(device),
                   stop_at_layer=model.cfg.n_layers)
+    return _unembed_last(model, resid)
+
+
+def _unembed_last(model: HookedTransformer, resid: Tensor) -> Tensor:
+    """Logits of the last position of a final residual stream ``[batch, pos, d_model]``."""
     resid = resid[:, -1:, :]
     if model.cfg.normalization_type is not None:
         resid = model.ln_final(resid)
     logits = apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
     return logits[:, 0].float().cpu()
+
+
+@torch.no_grad()
+def layer_sweep(model: HookedTransformer, batch: PromptBatch, vector: Float[Tensor, " d_model"],
+                *, layers: Sequence[int] | None = None, scale: float = 1.0,
+                batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[int, Evaluation]:
+    """Evaluate ``scale * vector`` added at the last position of each layer's
+    ``hook_resid_post`` (what ``FunctionVector.hooks(layer)`` does), sharing the unsteered
+    pass below the layer: one recorded forward, then each layer's upper part only.
+
+    Returns:
+        ``{layer: Evaluation}``.
+    """
+    n = model.cfg.n_layers
+    layers = list(range(n)) if layers is None else list(layers)
+    device = model.cfg.device
+    logits: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for chunk in batch.chunks(auto_batch_size(batch, batch_size)):
+        tokens, mask = chunk.tokens.to(device), chunk.attention_mask.to(device)
+        rec: dict[int, Tensor] = {}
+
+        def keep(x: Tensor, hook) -> None:
+            rec[hook.layer()] = x
+
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", keep)
+                                    for layer in layers]):
+            model(tokens, attention_mask=mask, stop_at_layer=max(layers) + 1)
+        for layer in layers:
+            x = rec[layer].clone()
+            x[:, -1] += scale * vector.to(x)
+            if layer < n - 1:
+                x = model(x, start_at_layer=layer + 1, stop_at_layer=n, attention_mask=mask)
+            logits[layer].append(_unembed_last(model, x))
+    return {layer: evaluation_from_logits(torch.cat(v), batch.targets)
+            for layer, v in logits.items()}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,7 +150,7 @@ def ranks_of(logits: Float[Tensor, "batch vocab"], targets: Int[Tensor, " batch"
 
 def evaluate(model: HookedTransformer, batch: PromptBatch, *,
              fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-             batch_size: int = DEFAULT_BATCH_SIZE) -> Evaluation:
+             batch_size: int | None = DEFAULT_BATCH_SIZE) -> Evaluation:
     """Top-k accuracy and target rank of ``batch`` under ``fwd_hooks``."""
     logits = last_logits(model, batch, fwd_hooks=fwd_hooks, batch_size=batch_size)
     return evaluation_from_logits(logits, batch.targets)
@@ -116,7 +166,7 @@ def evaluation_from_logits(logits: Float[Tensor, "batch vocab"],
 def baseline(model: HookedTransformer, task: Task, *, shots: int = 10, n_test: int | None = 50,
              seed: int = 0, test_fraction: float = 0.3,
              modes: Sequence[str] = ("zero_shot", "icl", "instruction"),
-             batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> dict[str, float | int]:
+             batch_size: int | None = DEFAULT_BATCH_SIZE, progress: bool = True) -> dict[str, float | int]:
     """Zero-shot, ICL and instruction first-token accuracy of a task on its test split.
 
     Args:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from fvlens.activations import mean_head_activations
-from fvlens.evaluate import Evaluation, evaluate
+from fvlens.evaluate import Evaluation, evaluate, layer_sweep
 from fvlens.heads.scores import Head, HeadScores
 from fvlens.heads.select import METHODS, score_heads
 from fvlens.prompts import PromptBatch, icl_prompts, instruction_prompts, zero_shot_prompts
@@ -157,10 +157,9 @@ def _val_batch(model, data: TaskData) -> PromptBatch:
 def choose_layer(model: HookedTransformer, fv: FunctionVector, val: PromptBatch
                  ) -> tuple[int, dict[int, float]]:
     """The injection layer with the best validation top-1 (ties: lower mean rank)."""
-    sweep, ranks = {}, {}
-    for layer in range(model.cfg.n_layers):
-        ev = evaluate(model, val, fwd_hooks=fv.hooks(layer))
-        sweep[layer], ranks[layer] = ev.top1, float(ev.ranks.float().mean())
+    evs = layer_sweep(model, val, fv.vector)
+    sweep = {layer: ev.top1 for layer, ev in evs.items()}
+    ranks = {layer: float(ev.ranks.float().mean()) for layer, ev in evs.items()}
     best = max(sweep, key=lambda layer: (sweep[layer], -ranks[layer]))
     return best, sweep
 

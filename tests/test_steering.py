@@ -86,3 +86,19 @@ def test_errors_name_the_fix(tiny_model):
         FunctionVector.from_heads(tiny_model, mz, [(5, 0)])
     with pytest.raises(ValueError, match="layer sweep"):
         FunctionVector.from_heads(tiny_model, mz, [(0, 0)]).hooks()
+
+
+def test_layer_sweep_equals_hooked_evaluation(tiny_tok_model):
+    from fvlens.evaluate import evaluate, layer_sweep
+    from fvlens.prompts import zero_shot_prompts
+    from fvlens.tasks import load_task
+
+    batch = zero_shot_prompts(tiny_tok_model, load_task("antonym").pairs[:5])
+    fv = FunctionVector.from_heads(tiny_tok_model, mean_z_for(tiny_tok_model), [(0, 1), (1, 2)])
+    sweep = layer_sweep(tiny_tok_model, batch, fv.vector, scale=3.0)
+    assert set(sweep) == set(range(tiny_tok_model.cfg.n_layers))
+    for layer, ev in sweep.items():
+        ref = evaluate(tiny_tok_model, batch, fwd_hooks=fv.hooks(layer, scale=3.0))
+        torch.testing.assert_close(ev.target_probs, ref.target_probs, atol=1e-6, rtol=0)
+        assert torch.equal(ev.ranks, ref.ranks)
+    assert_no_hooks(tiny_tok_model)
