@@ -178,9 +178,10 @@ def residual_scale(model: HookedTransformer, batch: PromptBatch, *, layer: int |
         raise ValueError("give exactly one of layer= (FV) or heads= (DFV)")
     names = ([hook_name("resid_post", layer)] if layer is not None
              else sorted({hook_name("z", a) for a, _ in heads}))
+    last = layer if layer is not None else max(a for a, _ in heads)
     _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device),
                                     attention_mask=batch.attention_mask.to(model.cfg.device),
-                                    names_filter=lambda n: n in names)
+                                    names_filter=lambda n: n in names, stop_at_layer=last + 1)
     if layer is not None:
         x = cache[names[0]][:, -1].float()
     else:
