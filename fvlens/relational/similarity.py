@@ -10,8 +10,9 @@ between-type). Two analyses (choices documented in ``docs/relational.md``):
   the permutation test shuffles relation labels (Mantel), the bootstrap resamples relation
   pairs.
 - pair level: one vector per word pair; the cosine of the two pairs of a row against its
-  rating, overall and per comparison type; the permutation test shuffles ratings, the bootstrap
-  resamples rows.
+  rating, overall and per comparison type; the permutation test shuffles which vector belongs
+  to which pair (each pair occurs in many rows, so shuffling rows would be anti-conservative),
+  the bootstrap resamples rows.
 """
 
 from __future__ import annotations
@@ -286,17 +287,27 @@ def pair_level(rows: Sequence[Rating], pairs: Sequence[Pair],
         {r.pair2 for r in rows if r.pair2 not in index}
     if missing:
         raise ValueError(f"{len(missing)} rated pairs have no vector, e.g. {sorted(missing)[:3]}")
-    v = torch.nn.functional.normalize(vectors.float(), dim=-1)
-    a = torch.tensor([index[r.pair1] for r in rows])
-    b = torch.tensor([index[r.pair2] for r in rows])
-    cos = (v[a] * v[b]).sum(-1).numpy()
+    sim = _cosine_matrix(vectors)
+    a = np.array([index[r.pair1] for r in rows])
+    b = np.array([index[r.pair2] for r in rows])
+    cos = sim[a, b]
     human = np.array([r.mean_rating for r in rows])
     types = np.array([r.comparison_type for r in rows])
-    out = {"all": correlate(cos, human, n_perm=n_perm, n_boot=n_boot, seed=seed)}
+
+    def relabel(sel: np.ndarray):
+        def permute(rng: np.random.Generator) -> np.ndarray:
+            p = rng.permutation(len(pairs))
+            return sim[p[a[sel]], p[b[sel]]]
+        return permute
+
+    every = np.ones(len(rows), dtype=bool)
+    out = {"all": correlate(cos, human, n_perm=n_perm, n_boot=n_boot, seed=seed,
+                            permute=relabel(every))}
     for t in sorted(set(types)):
         sel = types == t
-        out[t] = correlate(cos[sel], human[sel], n_perm=n_perm, n_boot=n_boot, seed=seed)
-    out["cosine"] = cos.tolist()
+        out[t] = correlate(cos[sel], human[sel], n_perm=n_perm, n_boot=n_boot, seed=seed,
+                           permute=relabel(sel))
+    out["cosine"] = [float(c) for c in cos]
     return out
 
 
