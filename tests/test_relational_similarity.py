@@ -127,3 +127,15 @@ def test_real_ratings_file(shared_data):
     assert len(rel) >= 10
     assert {r.comparison_type for r in rows} == {"within-subtype", "between-subtype",
                                                  "between-type"}
+
+
+def test_random_draws_give_the_chance_level(ratings_csv):
+    from fvlens.relational.similarity import random_draws
+
+    rows = read_ratings(ratings_csv)
+    pairs = [p for ps in relation_pairs(rows).values() for p in ps]
+    out = random_draws(lambda v: pair_level(rows, pairs, v, n_perm=0, n_boot=0), len(pairs), 16,
+                       draws=6)
+    assert set(out) == {"all", "within-subtype", "between-subtype", "between-type"}
+    assert out["all"]["draws"] == 6 and out["all"]["sd_r"] > 0
+    assert abs(out["all"]["mean_r"]) <= out["all"]["max_abs_r"]

@@ -35,7 +35,7 @@ from fvlens.tasks import Pair, Task
 
 __all__ = ["Rating", "read_ratings", "relation_pairs", "correlate", "relation_level",
            "pair_level", "pair_representations", "unembed_difference", "icl_mean_vectors",
-           "random_vectors", "scatter", "run_similarity", "relation_task", "COLUMNS"]
+           "random_vectors", "random_draws", "scatter", "run_similarity", "relation_task", "COLUMNS"]
 
 COLUMNS = ("relation1", "relation2", "comparison_type", "pair1_word1", "pair1_word2",
            "pair2_word1", "pair2_word2", "mean_rating")
@@ -240,6 +240,29 @@ def random_vectors(n: int, d: int, *, seed: int = 0) -> Float[Tensor, "n d"]:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
+def random_draws(analysis: Callable[[Tensor], dict], n: int, d: int, *, draws: int = 20,
+                 seed: int = 0) -> dict:
+    """The chance level of an analysis: its Spearman r over ``draws`` sets of random vectors.
+
+    One random draw can land far from 0 by chance (the pair level's rows share pairs, so r
+    varies more than an independent-rows null suggests); the mean and spread over draws show
+    where chance lies.
+
+    Args:
+        analysis: maps ``[n, d]`` vectors to a ``correlate``-style dict (``{"spearman": {"r"}}``
+            or ``{"all": {...}, <type>: {...}}``).
+    """
+    per: dict[str, list[float]] = {}
+    for k in range(draws):
+        res = analysis(random_vectors(n, d, seed=seed + 1000 + k))
+        flat = {"all": res} if "spearman" in res else {t: v for t, v in res.items()
+                                                        if isinstance(v, dict)}
+        for t, v in flat.items():
+            per.setdefault(t, []).append(v["spearman"]["r"])
+    return {t: {"draws": draws, "mean_r": float(np.mean(rs)), "sd_r": float(np.std(rs)),
+                "max_abs_r": float(np.max(np.abs(rs)))} for t, rs in per.items()}
+
+
 # --- pair level ----------------------------------------------------------------------------
 
 
@@ -394,6 +417,10 @@ def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: i
                      "relation_level": {}, "pair_level": {}, "finetune": ft_info}
     for rep, v in relation_vectors.items():
         results["relation_level"][rep] = relation_level(rows, names, v, **stats)
+    quick = dict(n_perm=0, n_boot=0)
+    results["relation_level"]["random"]["chance"] = random_draws(
+        lambda v: relation_level(rows, names, v, **quick), len(names), model.cfg.d_model,
+        seed=seed)["all"]
 
     pair_rows = list(rows)
     if max_rows and len(pair_rows) > max_rows:
@@ -411,6 +438,10 @@ def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: i
         res = pair_level(pair_rows, pairs, v, **stats)
         cos = res.pop("cosine")
         results["pair_level"][rep] = res
+        if rep == "random":
+            res["chance"] = random_draws(
+                lambda v: pair_level(pair_rows, pairs, v, **quick), len(pairs),
+                model.cfg.d_model, seed=seed)
         if rep == "resid":
             figs["pair_level_scatter"] = scatter(
                 pair_rows, cos, title=f"pair level: residual at layer {layer} vs human rating")
