@@ -135,6 +135,9 @@ def bench_similarity(model, ratings: Path, steps: int) -> dict:
     cfg = FinetuneConfig(init="zeros", pairs=16, batch_size=8, steps=steps, val_fraction=0.25,
                          test_fraction=0.2, n_test=None)
     res, figs = run_similarity(model, read_ratings(ratings), finetune_cfg=cfg, max_rows=1500)
+    for r in res["relation_level"].values():  # the ratings stay out of the repository
+        for item in r["items"]:
+            item.pop("rating")
     return res | {"finetune_cfg": dataclasses.asdict(cfg), "ratings_file": ratings.name,
                   "seconds": time.perf_counter() - t0}
 
