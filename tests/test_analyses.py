@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -146,6 +148,14 @@ def test_mean_difference_uses_correct_pairs_only():
                                (c.clean_resid - c.corrupted_resid).mean(0))
     with pytest.raises(ValueError, match="none of the clean prompts"):
         mean_difference(_synthetic_contrast(correct=torch.zeros(6, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="no zero-shot residuals"):
+        mean_difference(c, baseline="zero_shot")
+    zs = Contrast(**{f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+                  | {"zero_shot_resid": torch.ones_like(c.clean_resid)})
+    torch.testing.assert_close(mean_difference(zs, baseline="zero_shot"),
+                               (c.clean_resid - 1)[correct].mean(0))
+    with pytest.raises(ValueError, match="baseline must be"):
+        mean_difference(zs, baseline="random")
 
 
 def test_pca_direction_recovers_planted_axis_with_mean_sign_and_norm():
@@ -203,21 +213,27 @@ def test_gradient_scores_match_finite_differences():
 
 def test_build_strategies_and_cosines(tiny_tok_model, paired):
     model = tiny_tok_model
-    contrast = contrast_pass(model, *paired, batch_size=3)
+    zs = zero_shot_prompts(model, paired[0].queries)
+    contrast = contrast_pass(model, *paired, zero_shot=zs, batch_size=3)
     assert_no_hooks(model)
+    torch.testing.assert_close(contrast.zero_shot_resid[:, -1],
+                               residual_cache(model, zs).resid[0][-1][:, -1], atol=1e-5, rtol=0)
     assert all(p.requires_grad is True or p.requires_grad is False for p in model.parameters())
     mean_z = torch.randn(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
     grad = gradient_scores(contrast, mean_z)
     contrast = Contrast(clean_resid=contrast.clean_resid, corrupted_resid=contrast.corrupted_resid,
                         clean_correct=torch.ones(len(paired[0]), dtype=torch.bool),
-                        z_clean=contrast.z_clean,
+                        z_clean=contrast.z_clean, zero_shot_resid=contrast.zero_shot_resid,
                         z_corrupted=contrast.z_corrupted, grad_z=contrast.grad_z)
     vecs = build_strategies(model, contrast=contrast, mean_z=mean_z,
                             head_scores={"gradient": grad},
-                            strategies=("fv_gradient", "mean_diff", "pca"), k=3)
-    assert set(vecs) == {"fv_gradient", "mean_diff", "pca"}
+                            strategies=("fv_gradient", "mean_diff", "pca", "mean_diff_zs"), k=3)
+    assert set(vecs) == {"fv_gradient", "mean_diff", "pca", "mean_diff_zs"}
+    torch.testing.assert_close(vecs["mean_diff_zs"].vectors,
+                               (contrast.clean_resid - contrast.zero_shot_resid).mean(0))
     assert vecs["fv_gradient"].heads == tuple(grad.top_k(3))
     assert vecs["mean_diff"].per_layer and not vecs["fv_gradient"].per_layer
+    vecs.pop("mean_diff_zs")
     cos = cosine_matrix(vecs, 1)
     m = torch.tensor(cos["matrix"])
     torch.testing.assert_close(m.diagonal(), torch.ones(3, dtype=m.dtype))
@@ -318,6 +334,7 @@ def test_transfer_matrix_shapes_baseline_and_kind(tiny_tok_model):
     # capitalize's rule gives its own targets, so on its own prompts A-kind is top-1.
     for i in (0, 2):
         assert res.a_kind[i][0] == pytest.approx(res.top1[i][0])
+    assert res.a_kind_unsteered[2] == res.a_kind[2]  # the "none" row is its own baseline
     assert res.n_applicable[0][1] == 6          # a rule applies to any input
     assert res.n_applicable[1][1] == 6          # antonym on its own pairs: lookup
     ref = evaluate(model, zero_shot_prompts(model, [p for p in load_task("antonym").split(
@@ -405,3 +422,32 @@ def test_frames_fail_loudly(tiny_tok_model):
         FrameConfig(criterion="top2")
     with pytest.raises(ValueError, match="mode"):
         FrameConfig(mode="mask")
+
+
+# --- embedded model ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared, oversubscribed CPU two threads run ~20× slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_mean_difference_steers_capitalize(smollm, one_thread):
+    """A mean-difference vector (ICL − zero-shot) from 8 prompts moves zero-shot capitalize
+    off zero (the shuffled-label difference does not on this model: docs/analyses.md)."""
+    from fvlens.analyses.strategies import extract_vector
+    from fvlens.analyses.transfer import target_queries
+
+    task = load_task("capitalize")
+    tv, layer, sweep = extract_vector(smollm, task, "mean_diff_zs", n_pairs=8, n_val=8, seed=0)
+    assert tv.per_layer and sweep[layer] == max(sweep.values())
+    test = zero_shot_prompts(smollm, target_queries(task, 12, seed=0))
+    base = evaluate(smollm, test).top1
+    steered = evaluate(smollm, test, fwd_hooks=tv.hooks(layer)).top1
+    assert steered >= base + 0.2, (base, steered, layer)
+    assert_no_hooks(smollm)

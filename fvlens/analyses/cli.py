@@ -215,7 +215,7 @@ def _add_transfer(sub) -> None:
     s.add_argument("--model", default="smollm2-135m")
     s.add_argument("--tasks", default="capitalize,present-past,singular-plural,"
                    "choose_first_of_3,lowercase_first_letter,capitalize_first_letter,antonym")
-    s.add_argument("--strategy", default="mean_diff",
+    s.add_argument("--strategy", default="fv_gradient",
                    help=f"vector to transfer: {','.join(CHEAP_STRATEGIES)} (built here), or "
                    f"any of {','.join(STRATEGIES)} with --vectors")
     s.add_argument("--vectors", default=None,
@@ -243,7 +243,9 @@ def cmd_frames(args: argparse.Namespace) -> int:
     cfg = FrameConfig(criterion=args.criterion, mode=args.mode, max_size=args.max_size,
                       n_candidates=args.candidates, n_queries=args.n_queries, k=args.k,
                       n_val=args.n_val, n_test=args.n_test, seed=args.seed)
-    tasks = [load_task(t) for t in _csv(args.task)]
+    specs = [(t.split(":")[0], t.split(":")[1] if ":" in t else args.instruction)
+             for t in _csv(args.task)]
+    tasks = [load_task(name) for name, _ in specs]
     for task in tasks:
         if not task.instructions:
             raise ValueError(f"task {task.name!r} has no instructions to search frames in")
@@ -260,9 +262,8 @@ def cmd_frames(args: argparse.Namespace) -> int:
                        "top5": r["top5"]} for t, rows in survey.items() for r in rows],
                      ["task", "instruction", "top1", "top5"]))
     rows = []
-    for task in tasks:
-        which = (range(len(task.instructions)) if args.instruction == "all"
-                 else [int(args.instruction)])
+    for task, (_, spec) in zip(tasks, specs):
+        which = range(len(task.instructions)) if spec == "all" else [int(spec)]
         for i in which:
             key = f"{task.name}/{i}"
             try:
@@ -299,8 +300,10 @@ def _add_frames(sub) -> None:
     s = sub.add_parser("frames", help="automatic intensional frames: the instruction tokens "
                        "whose removal breaks the task (AttnLRP-ranked greedy search)")
     s.add_argument("--model", default="smollm2-135m")
-    s.add_argument("--task", default="capitalize", help="task name(s), comma-separated")
-    s.add_argument("--instruction", default="all", help="instruction index or 'all'")
+    s.add_argument("--task", default="capitalize",
+                   help="task name(s), comma-separated; name:i searches instruction i only")
+    s.add_argument("--instruction", default="all",
+                   help="instruction index or 'all' (for tasks given without :i)")
     s.add_argument("--criterion", default="top1", choices=["top1", "top3", "top5"],
                    help="a sample counts when its target is within this rank (top5 for "
                    "models that rarely follow instructions)")

@@ -6,6 +6,8 @@
   minus over their corrupted (shuffled-label) twins.
 - ``pca``: per layer, the first principal direction of the per-prompt clean − corrupted
   differences (centred), sign agreeing with the mean difference, scaled to its norm.
+- ``mean_diff_zs`` / ``pca_zs``: the same with the zero-shot prompt of the same query as the
+  baseline instead of the shuffled-label prompt (what the demonstrations add, labels included).
 - ``fv_gradient``: the head FV with heads ranked by attribution patching, a first-order
   estimate of the AIE (Nanda 2023; Syed et al. 2023): score(L,h) = mean over corrupted
   prompts of (mean_z[L,h] − z_corr[L,h]) · ∂P(target)/∂z[L,h] at the last position — one
@@ -45,8 +47,10 @@ __all__ = ["STRATEGIES", "StrategyConfig", "Contrast", "paired_icl_prompts", "co
            "cosine_matrix", "run_strategies", "extract_vector", "CHEAP_STRATEGIES", "concat_batches", "cosine_heatmap",
            "strategy_bars"]
 
-STRATEGIES = ("fv_aie", "fv_attnlrp", "fv_gradient", "mean_diff", "pca")
-DEFAULT_STRATEGIES = ("fv_aie", "mean_diff", "pca", "fv_gradient")
+STRATEGIES = ("fv_aie", "fv_attnlrp", "fv_gradient", "mean_diff", "pca", "mean_diff_zs",
+              "pca_zs")
+DEFAULT_STRATEGIES = ("fv_aie", "mean_diff", "pca", "fv_gradient", "mean_diff_zs", "pca_zs")
+BASELINES = ("shuffled", "zero_shot")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,6 +153,8 @@ class Contrast:
         z_clean: every head's ``hook_z`` at the last token, clean prompts.
         z_corrupted: every head's ``hook_z`` at the last token, corrupted prompts.
         grad_z: ∂P(target)/∂``hook_z`` at the last token, corrupted prompts.
+        zero_shot_resid: ``hook_resid_post`` at the last token of the zero-shot prompts of the
+            same queries (None when not run).
     """
 
     clean_resid: Float[Tensor, "n n_layers d_model"]
@@ -157,6 +163,7 @@ class Contrast:
     z_clean: Float[Tensor, "n n_layers n_heads d_head"]
     z_corrupted: Float[Tensor, "n n_layers n_heads d_head"]
     grad_z: Float[Tensor, "n n_layers n_heads d_head"]
+    zero_shot_resid: Float[Tensor, "n n_layers d_model"] | None = None
 
     def __post_init__(self) -> None:
         n = self.clean_resid.shape[0]
@@ -164,6 +171,9 @@ class Contrast:
             if getattr(self, name).shape[0] != n:
                 raise ValueError(f"Contrast.{name} has {getattr(self, name).shape[0]} rows, "
                                  f"clean_resid {n}")
+        if self.zero_shot_resid is not None and self.zero_shot_resid.shape[0] != n:
+            raise ValueError(f"Contrast.zero_shot_resid has {self.zero_shot_resid.shape[0]} "
+                             f"rows, clean_resid {n}")
 
     def mean_z(self) -> Float[Tensor, "n_layers n_heads d_head"]:
         """Mean head activations over the correctly answered clean prompts (Todd et al.)."""
@@ -172,9 +182,16 @@ class Contrast:
                              "activation; use more shots or another task")
         return self.z_clean[self.clean_correct].mean(0)
 
-    @property
-    def differences(self) -> Float[Tensor, "n n_layers d_model"]:
-        return self.clean_resid - self.corrupted_resid
+    def differences(self, baseline: str = "shuffled") -> Float[Tensor, "n n_layers d_model"]:
+        """Per-prompt clean − baseline residuals ("shuffled" or "zero_shot" baseline)."""
+        if baseline == "shuffled":
+            return self.clean_resid - self.corrupted_resid
+        if baseline != "zero_shot":
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if self.zero_shot_resid is None:
+            raise ValueError("this Contrast has no zero-shot residuals; pass zero_shot=… to "
+                             "contrast_pass")
+        return self.clean_resid - self.zero_shot_resid
 
 
 @contextlib.contextmanager
@@ -229,16 +246,17 @@ def _last_position_pass(model: HookedTransformer, batch: PromptBatch, *, grad: b
 
 
 def contrast_pass(model: HookedTransformer, clean: PromptBatch, corrupted: PromptBatch, *,
-                  batch_size: int = 8) -> Contrast:
+                  zero_shot: PromptBatch | None = None, batch_size: int = 8) -> Contrast:
     """Residuals of paired prompts; on the corrupted ones also z and ∂P(target)/∂z.
 
     Args:
         clean: clean ICL prompts.
         corrupted: their shuffled-label twins, row for row (``paired_icl_prompts``).
+        zero_shot: optionally the zero-shot prompts of the same queries, row for row.
         batch_size: rows per pass (rows are independent, so one backward of the summed
             probabilities gives every row's own gradient).
     """
-    if len(clean) != len(corrupted):
+    if len(clean) != len(corrupted) or (zero_shot is not None and len(zero_shot) != len(clean)):
         raise ValueError(f"{len(clean)} clean but {len(corrupted)} corrupted prompts; pair "
                          "them with paired_icl_prompts")
     c_resid, c_z, c_correct, x_resid, x_z, x_grad = [], [], [], [], [], []
@@ -252,7 +270,12 @@ def contrast_pass(model: HookedTransformer, clean: PromptBatch, corrupted: Promp
         x_resid.append(resid)
         x_z.append(z)
         x_grad.append(grads)
+    z_resid = None
+    if zero_shot is not None:
+        z_resid = torch.cat([_last_position_pass(model, chunk, grad=False)[0]
+                             for chunk in zero_shot.chunks(batch_size)])
     return Contrast(clean_resid=torch.cat(c_resid), corrupted_resid=torch.cat(x_resid),
+                    zero_shot_resid=z_resid,
                     clean_correct=torch.cat(c_correct), z_clean=torch.cat(c_z),
                     z_corrupted=torch.cat(x_z),
                     grad_z=torch.cat(x_grad))
@@ -261,30 +284,32 @@ def contrast_pass(model: HookedTransformer, clean: PromptBatch, corrupted: Promp
 # --- the strategies ----------------------------------------------------------------------
 
 
-def _rows(contrast: Contrast, only_correct: bool) -> Tensor:
+def _rows(contrast: Contrast, only_correct: bool, baseline: str) -> Tensor:
     if not only_correct:
-        return contrast.differences
+        return contrast.differences(baseline)
     if not contrast.clean_correct.any():
         raise ValueError("the model answers none of the clean prompts correctly, so there is "
                          "no task signal to average; use more shots, another task, or "
                          "only_correct=False")
-    return contrast.differences[contrast.clean_correct]
+    return contrast.differences(baseline)[contrast.clean_correct]
 
 
-def mean_difference(contrast: Contrast, *, only_correct: bool = True
-                    ) -> Float[Tensor, "n_layers d_model"]:
+def mean_difference(contrast: Contrast, *, only_correct: bool = True,
+                    baseline: str = "shuffled") -> Float[Tensor, "n_layers d_model"]:
     """Per layer, mean clean − corrupted residual at the last token.
 
     Args:
         contrast: the paired activations.
+        baseline: subtract the shuffled-label prompt ("shuffled") or the zero-shot prompt
+            ("zero_shot") of the same query.
         only_correct: use only pairs whose clean prompt the model answers correctly (as the
             head FV's mean activations do).
     """
-    return _rows(contrast, only_correct).mean(0)
+    return _rows(contrast, only_correct, baseline).mean(0)
 
 
-def pca_direction(contrast: Contrast, *, only_correct: bool = True, center: bool = True
-                  ) -> Float[Tensor, "n_layers d_model"]:
+def pca_direction(contrast: Contrast, *, only_correct: bool = True, center: bool = True,
+                  baseline: str = "shuffled") -> Float[Tensor, "n_layers d_model"]:
     """Per layer, the first principal direction of the per-prompt differences.
 
     The direction's sign makes its dot product with the mean difference non-negative and its
@@ -292,11 +317,11 @@ def pca_direction(contrast: Contrast, *, only_correct: bool = True, center: bool
 
     Args:
         contrast: the paired activations.
-        only_correct: as in ``mean_difference``.
+        only_correct, baseline: as in ``mean_difference``.
         center: subtract the mean difference before the SVD (PCA proper); False takes the
             top singular direction of the raw differences.
     """
-    diffs = _rows(contrast, only_correct)  # [n, L, d]
+    diffs = _rows(contrast, only_correct, baseline)  # [n, L, d]
     if diffs.shape[0] < 2:
         raise ValueError(f"PCA needs at least 2 prompt pairs, got {diffs.shape[0]}")
     mean = diffs.mean(0)
@@ -354,10 +379,11 @@ def build_strategies(model: HookedTransformer, *, contrast: Contrast,
                 mean_z = contrast.mean_z()
             fv = FunctionVector.from_heads(model, mean_z, head_scores[method].top_k(k))
             out[name] = TaskVector.constant(name, fv, n_layers)
-        elif name == "mean_diff":
-            out[name] = TaskVector(name=name, vectors=mean_difference(contrast), per_layer=True)
-        elif name == "pca":
-            out[name] = TaskVector(name=name, vectors=pca_direction(contrast), per_layer=True)
+        elif name in ("mean_diff", "mean_diff_zs", "pca", "pca_zs"):
+            baseline = "zero_shot" if name.endswith("_zs") else "shuffled"
+            fn = mean_difference if name.startswith("mean_diff") else pca_direction
+            out[name] = TaskVector(name=name, vectors=fn(contrast, baseline=baseline),
+                                   per_layer=True)
         else:
             raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
     return out
@@ -415,7 +441,9 @@ def run_strategies(model: HookedTransformer, task: str | Task, cfg: StrategyConf
     train, _ = task.split(test_fraction=rc.test_fraction, seed=rc.seed)
     clean, corrupted = paired_icl_prompts(model, data.mean_queries, train, shots=cfg.shots,
                                           seed=cfg.seed + 7)
-    contrast = contrast_pass(model, clean, corrupted)
+    zs = (zero_shot_prompts(model, data.mean_queries)
+          if any(s.endswith("_zs") for s in cfg.strategies) else None)
+    contrast = contrast_pass(model, clean, corrupted, zero_shot=zs)
     scores["gradient"] = gradient_scores(contrast, data.mean_z, task=task.name)
     vectors = build_strategies(model, contrast=contrast, mean_z=data.mean_z,
                                head_scores=scores, strategies=cfg.strategies, k=cfg.k)
@@ -470,7 +498,7 @@ def run_strategies(model: HookedTransformer, task: str | Task, cfg: StrategyConf
     return rec, vectors
 
 
-CHEAP_STRATEGIES = ("mean_diff", "pca", "fv_gradient")
+CHEAP_STRATEGIES = ("fv_gradient", "mean_diff", "pca", "mean_diff_zs", "pca_zs")
 
 
 def extract_vector(model: HookedTransformer, task: str | Task, strategy: str = "mean_diff", *,
@@ -499,7 +527,8 @@ def extract_vector(model: HookedTransformer, task: str | Task, strategy: str = "
         raise ValueError(f"task {task.name!r} has {len(pairs)} training pairs; lower n_pairs")
     mean_q, val_q = pairs[:n_pairs], pairs[n_pairs:n_pairs + n_val]
     clean, corrupted = paired_icl_prompts(model, mean_q, train, shots=shots, seed=seed + 7)
-    contrast = contrast_pass(model, clean, corrupted)
+    zs = zero_shot_prompts(model, mean_q) if strategy.endswith("_zs") else None
+    contrast = contrast_pass(model, clean, corrupted, zero_shot=zs)
     scores = ({"gradient": gradient_scores(contrast, contrast.mean_z(), task=task.name)}
               if strategy == "fv_gradient" else {})
     tv = build_strategies(model, contrast=contrast, head_scores=scores, strategies=(strategy,),

@@ -70,6 +70,7 @@ class TransferResult:
         top1: accuracy on B's targets.
         a_kind: share of applicable rows whose prediction is the first token of A's answer
             (None where no row is applicable; for "none" the rate of B's own kind).
+        a_kind_unsteered: the same rate without any vector (the baseline of ``a_kind``).
         n_applicable: rows where A's answer to B's input is known.
         cosine: cosine similarity between the source vectors (sources minus "none").
         layers: each source vector's injection layer.
@@ -80,13 +81,14 @@ class TransferResult:
     targets: tuple[str, ...]
     top1: list[list[float]]
     a_kind: list[list[float | None]]
+    a_kind_unsteered: list[list[float | None]]
     n_applicable: list[list[int]]
     cosine: list[list[float]]
     layers: dict[str, int]
     n: dict[str, int]
 
     def __post_init__(self) -> None:
-        for name in ("top1", "a_kind", "n_applicable"):
+        for name in ("top1", "a_kind", "a_kind_unsteered", "n_applicable"):
             m = getattr(self, name)
             if len(m) != len(self.sources) or any(len(r) != len(self.targets) for r in m):
                 raise ValueError(f"TransferResult.{name} must be {len(self.sources)} × "
@@ -120,6 +122,7 @@ def transfer_matrix(model: HookedTransformer, vectors: Mapping[str, FunctionVect
     sources = list(vectors) + [BASELINE]
     top1 = [[0.0] * len(targets) for _ in sources]
     a_kind: list[list[float | None]] = [[None] * len(targets) for _ in sources]
+    a_unsteered: list[list[float | None]] = [[None] * len(targets) for _ in sources]
     n_app = [[0] * len(targets) for _ in sources]
     n: dict[str, int] = {}
     for j, b in enumerate(targets):
@@ -127,6 +130,7 @@ def transfer_matrix(model: HookedTransformer, vectors: Mapping[str, FunctionVect
                                                                         seed=seed)
         batch = zero_shot_prompts(model, qs)
         n[b] = len(qs)
+        plain = evaluate(model, batch).predictions
         for i, a in enumerate(sources):
             hooks = [] if a == BASELINE else vectors[a].hooks(scale=scale)
             ev = evaluate(model, batch, fwd_hooks=hooks)
@@ -141,11 +145,13 @@ def transfer_matrix(model: HookedTransformer, vectors: Mapping[str, FunctionVect
                 ids, _ = target_ids(model, [answers[r] for r in rows])
                 hits = ev.predictions[rows] == torch.tensor(ids)
                 a_kind[i][j] = float(hits.float().mean())
+                base = plain[rows] == torch.tensor(ids)
+                a_unsteered[i][j] = float(base.float().mean())
     vs = torch.stack([vectors[a].vector.double() for a in vectors]) if vectors else \
         torch.zeros(0, model.cfg.d_model, dtype=torch.float64)
     vs = vs / vs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return TransferResult(sources=tuple(sources), targets=tuple(targets), top1=top1,
-                          a_kind=a_kind, n_applicable=n_app, cosine=(vs @ vs.T).tolist(),
+                          a_kind=a_kind, a_kind_unsteered=a_unsteered, n_applicable=n_app, cosine=(vs @ vs.T).tolist(),
                           layers={a: int(v.layer) for a, v in vectors.items()},  # type: ignore
                           n=n)
 
