@@ -8,8 +8,8 @@ the word"). Given an instruction and queries the model answers under it, ``searc
 2. greedily removes (or replaces by a neutral token) the candidate token whose removal lowers
    accuracy the most, given those already removed, for up to ``max_size`` steps; candidates
    are the ``n_candidates`` most relevant tokens;
-3. returns the shortest prefix of that path that reaches its lowest accuracy (ties: lower
-   mean target probability) — the automatic frame.
+3. returns the shortest prefix of that path that reaches its lowest accuracy — the
+   automatic frame (the smallest set on the path whose removal drops accuracy the most).
 
 ``compare_frames`` sets it beside the task file's annotated frame: token overlap, accuracy
 after removing each, and the zero-shot accuracy of FVs from heads AttnLRP selects with either
@@ -265,7 +265,7 @@ def search_frame(model: HookedTransformer, samples: PromptBatch, instruction_tex
         removed.append(j)
         path.append({"removed": list(removed), "accuracy": trials[j][0],
                      "target_prob": trials[j][1]})
-    best = min(range(len(path)), key=lambda s: (path[s]["accuracy"], path[s]["target_prob"], s))
+    best = min(range(len(path)), key=lambda s: (path[s]["accuracy"], s))
     return FrameSearch(instruction=instruction_text, tokens=tokens,
                        relevance=tuple(float(r) for r in relevance),
                        frame=tuple(path[best]["removed"]), path=tuple(path),

@@ -44,7 +44,8 @@ from fvlens.tasks import Pair, Task, load_task
 
 __all__ = ["STRATEGIES", "StrategyConfig", "Contrast", "paired_icl_prompts", "contrast_pass",
            "mean_difference", "pca_direction", "gradient_scores", "build_strategies",
-           "cosine_matrix", "run_strategies", "extract_vector", "CHEAP_STRATEGIES", "concat_batches", "cosine_heatmap",
+           "cosine_matrix", "run_strategies", "extract_vector", "CHEAP_STRATEGIES",
+           "concat_batches", "cosine_heatmap",
            "strategy_bars"]
 
 STRATEGIES = ("fv_aie", "fv_attnlrp", "fv_gradient", "mean_diff", "pca", "mean_diff_zs",
@@ -106,14 +107,13 @@ def concat_batches(batches: Sequence[PromptBatch]) -> PromptBatch:
     """One left-padded batch with the rows of ``batches`` in order (same kind and pad id)."""
     if not batches:
         raise ValueError("concat_batches needs at least one batch")
-    rows, masks_pad = [], []
+    rows = []
     for b in batches:
         for i in range(len(b)):
             pad = int(b.n_pad[i])
             rows.append((b.tokens[i, pad:], int(b.targets[i]), b.texts[i], b.queries[i],
                          tuple(p - pad for p in b.frame_positions[i]),
                          tuple(p - pad for p in b.context_positions[i])))
-        masks_pad.append(b.pad_id)
     width = max(len(r[0]) for r in rows)
     tokens = torch.full((len(rows), width), batches[0].pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -416,8 +416,9 @@ def _spearman(a: HeadScores, b: HeadScores) -> float:
     return float(spearmanr(a.scores.flatten().numpy(), b.scores.flatten().numpy()).statistic)
 
 
-def run_strategies(model: HookedTransformer, task: str | Task, cfg: StrategyConfig = StrategyConfig(),
-                   *, progress: bool = False) -> tuple[dict[str, Any], dict[str, TaskVector]]:
+def run_strategies(model: HookedTransformer, task: str | Task,
+                   cfg: StrategyConfig = StrategyConfig(), *, progress: bool = False
+                   ) -> tuple[dict[str, Any], dict[str, TaskVector]]:
     """Build every strategy's vector for one task and measure it.
 
     Layers are swept on zero-shot validation queries (the best layer has the best top-1,

@@ -151,7 +151,8 @@ def transfer_matrix(model: HookedTransformer, vectors: Mapping[str, FunctionVect
         torch.zeros(0, model.cfg.d_model, dtype=torch.float64)
     vs = vs / vs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return TransferResult(sources=tuple(sources), targets=tuple(targets), top1=top1,
-                          a_kind=a_kind, a_kind_unsteered=a_unsteered, n_applicable=n_app, cosine=(vs @ vs.T).tolist(),
+                          a_kind=a_kind, a_kind_unsteered=a_unsteered, n_applicable=n_app,
+                          cosine=(vs @ vs.T).tolist(),
                           layers={a: int(v.layer) for a, v in vectors.items()},  # type: ignore
                           n=n)
 
