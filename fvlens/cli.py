@@ -212,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="rebuild DIR/report.html from DIR/results.json")
     s.add_argument("dir")
     s.set_defaults(func=cmd_report)
+
+    from fvlens.analyses.cli import add_parsers as add_analyses
+    from fvlens.relational.cli import add_parsers as add_relational
+
+    add_relational(sub)
+    add_analyses(sub)
     return p
 
 
