@@ -92,9 +92,10 @@ def indirect_effects_fast(
 ) -> Float[Tensor, "batch n_layers n_heads"]:
     """The same CIEs as ``indirect_effects_reference``, computing only the last token.
 
-    One forward pass per corrupted prompt records every layer's keys and values; then, for
-    each layer L, all heads of L are patched at once (one row per head) and only the last
-    token is carried from L to the logits, attending to the recorded keys and values. The
+    One forward pass per corrupted prompt records every layer's keys and values; then each
+    (prompt, head) gets one row that carries only the last token from the head's layer to the
+    logits, attending to the recorded keys and values. Rows of all patched layers go through
+    each block together (one call per layer), so the weights are read once per layer. The
     patched head's own layer needs no attention at all: its output differs from the
     unpatched one by exactly ``(mean_h - z_h) @ W_O[L, h]``. Architectures whose blocks this
     path does not reproduce (see ``_shared_prefix_supported``) use TransformerLens's own
@@ -224,31 +225,48 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
                       (hook_name("z", layer), lambda x, hook: keep(x, hook, True))]
         with model.hooks(fwd_hooks=hooks):
             base = _target_probs(_forward_last(model, tokens, mask), chunk.targets)
-        rows_mask = mask.repeat_interleave(n_heads, dim=0)
-        heads = torch.arange(n_heads, device=device)
-        # 2. Per layer L: one row per (prompt, head); the patch enters as a change of L's
-        #    attention output; only the last token runs through the layers above L.
+        # 2. Layer by layer, one row per (prompt, patched head). A head of layer L enters as
+        #    a change of L's attention output; its row then carries only the last token
+        #    through the layers above L, together with the rows of every lower layer's heads
+        #    (one block call per layer, rows growing by n_heads per layer: the weights are
+        #    read once per layer, not once per (patched layer, layer) pair).
+        x: Tensor | None = None  # [p, rows so far, d_model]
         for layer in range(n_layers):
-            attn = model.blocks[layer].attn
-            z = rec[hook_name("z", layer)]  # [p, H, d_head]
-            delta = (mean_z[layer].to(z)[None] - z)  # [p, H, d_head]
-            delta = torch.einsum("phd,hdm->phm", delta, attn.W_O)  # [p, H, d_model]
-            x = rec[hook_name("resid_mid", layer)][:, None, :] + delta  # [p, H, d_model]
-            x = x.reshape(p * n_heads, 1, -1)
             block = model.blocks[layer]
-            x = x + block.apply_mlp(block.ln2(x))
-            for upper in range(layer + 1, n_layers):
-                x = _last_token_block(model, upper, x, rec, rows_mask, n_rows=n_heads)
-            if cfg.normalization_type is not None:
-                x = model.ln_final(x)
-            logits = apply_softcap(model.unembed(x), cfg.output_logits_soft_cap)[:, -1]
-            probs = _target_probs(logits, chunk.targets.repeat_interleave(n_heads))
-            out[row:row + p, layer] = probs.view(p, n_heads) - base[:, None]
+            if x is not None:
+                rows = x.shape[1]
+                x = _last_token_block(model, layer, x.reshape(p * rows, 1, -1), rec,
+                                      mask.repeat_interleave(rows, dim=0), n_rows=rows)
+                x = x.view(p, rows, -1)
+            z = rec[hook_name("z", layer)]  # [p, H, d_head]
+            delta = torch.einsum("phd,hdm->phm", mean_z[layer].to(z)[None] - z,
+                                 block.attn.W_O)  # [p, H, d_model]
+            new = (rec[hook_name("resid_mid", layer)][:, None, :] + delta).contiguous()
+            new = new + block.apply_mlp(block.ln2(new))
+            x = new if x is None else torch.cat([x, new], dim=1)
             bar.update()
-        del heads
+        assert x is not None
+        targets = chunk.targets.repeat_interleave(n_layers * n_heads)
+        flat = x.reshape(p * n_layers * n_heads, 1, -1)
+        probs = torch.cat([_final_target_probs(model, flat[i:i + UNEMBED_ROWS],
+                                               targets[i:i + UNEMBED_ROWS])
+                           for i in range(0, len(flat), UNEMBED_ROWS)])
+        out[row:row + p] = probs.view(p, n_layers, n_heads) - base[:, None, None]
         row += p
     bar.close()
     return out
+
+
+# Rows unembedded at once by the fast path (rows × d_vocab float32 logits at a time).
+UNEMBED_ROWS = 256
+
+
+def _final_target_probs(model: HookedTransformer, x: Tensor, targets: Tensor) -> Tensor:
+    """Probability of each row's target from a final residual ``[rows, 1, d_model]``."""
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)[:, -1]
+    return _target_probs(logits, targets)
 
 
 def _last_token_block(model: HookedTransformer, layer: int, x: Tensor, rec: dict[str, Tensor],
