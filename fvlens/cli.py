@@ -60,7 +60,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from fvlens.provenance import machine, versions
     from fvlens.tasks import load_task
 
-    tasks = [load_task(t) for t in _csv(args.tasks)]
+    from fvlens.tasks import list_tasks
+
+    names = list_tasks() if args.tasks == "all" else _csv(args.tasks)
+    tasks = [load_task(t) for t in names]
     model = load_model(args.model)
     results = {"model": args.model, "settings": {
         "shots": args.shots, "n_test": args.n_test, "seed": args.seed,
@@ -167,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("baseline", help="zero-shot, ICL and instruction accuracy per task")
     s.add_argument("--model", default="smollm2-135m")
-    s.add_argument("--tasks", default="capitalize,present-past,country-capital")
+    s.add_argument("--tasks", default="capitalize,present-past,country-capital",
+                   help="task names or paths, or 'all' for every built-in task")
     s.add_argument("--shots", type=int, default=10)
     s.add_argument("--n-test", type=int, default=50, help="test queries per task")
     s.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,13 @@ def test_cli_unknown_task_is_a_clear_error(capsys):
     assert "antonym" in capsys.readouterr().err
 
 
+def test_cli_baseline_all_resolves_every_builtin_task(capsys):
+    # the tasks are checked before the model loads: 'all' gets past them to the model error
+    assert main(["baseline", "--tasks", "all", "--model", "nope-model"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model spec 'nope-model'" in err and "task" not in err.split("Accepted")[0]
+
+
 @pytest.mark.slow
 def test_icl_beats_zero_shot_on_capitalize(smollm):
     r = baseline(smollm, load_task("capitalize"), shots=10, n_test=30, modes=("zero_shot", "icl"),
