@@ -327,8 +327,12 @@ def timing(results: Mapping[str, Any]) -> go.Figure:
     fig = go.Figure(go.Bar(x=list(rates), y=list(rates.values()), marker_color=colors,
                            text=[f"{r:.3g}" for r in rates.values()], textposition="outside",
                            hovertemplate="%{x}: %{y:.4g} samples/min<extra></extra>"))
+    # Bars on a log axis grow from the bottom of its range: start a decade below the smallest
+    # rate's decade, so that close rates do not shrink to slivers of an auto-fitted range.
+    low = math.floor(math.log10(min(rates.values()))) - 1
+    high = math.log10(max(rates.values())) + 0.3  # room for the text above the bar
     fig.update_layout(title="throughput per head-selection method", xaxis_title="method",
-                      yaxis=dict(title="samples / min", type="log"))
+                      yaxis=dict(title="samples / min", type="log", range=[low, high]))
     return fig
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import sys
 
 import pytest
@@ -189,6 +190,10 @@ def test_timing_log_axis():
     assert bar.type == "bar" and fig.layout.yaxis.type == "log"
     assert list(bar.x) == ["aie", "attnlrp", "forward"]
     assert list(bar.y) == pytest.approx([125.0, 1000.0, 6000.0])   # attnlrp from samples/seconds
+    # the log range starts a decade below the smallest rate's decade (10 for 125) and clears
+    # the largest rate
+    low, high = fig.layout.yaxis.range
+    assert low == 1 and high > math.log10(6000.0)
     with pytest.raises(ValueError, match="timing"):
         plots.timing({"tasks": {}})
 
