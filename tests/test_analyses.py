@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from fvlens.analyses.depth import (TaskVector, best_layer, depth_summary, layer_curves,
+from fvlens.analyses.depth import (TaskVector, best_layer, best_layer_and_scale,
+                                   depth_summary, layer_curves,
                                    layer_sweep, residual_cache, scale_curves, scale_sweep)
 from fvlens.analyses.strategies import (Contrast, StrategyConfig, build_strategies,
                                         concat_batches, contrast_pass, cosine_heatmap,
@@ -122,6 +123,27 @@ def test_best_layer_breaks_ties_by_rank_then_layer(tiny_tok_model, antonym):
     assert best_layer(sweep) == min(key, key=key.get)
     with pytest.raises(ValueError, match="empty"):
         best_layer({})
+
+
+def test_best_layer_and_scale_is_the_best_cell_of_the_grid(tiny_tok_model, antonym):
+    model = tiny_tok_model
+    batch = zero_shot_prompts(model, antonym.pairs[:6])
+    tv = _random_vector(model, seed=3, scale=1.0)
+    scales = (0.5, 1.0, 4.0, 16.0)
+    layer, scale = best_layer_and_scale(model, tv, batch, scales=scales)
+    key = {}
+    for s in scales:
+        for l in range(model.cfg.n_layers):
+            ev = evaluate(model, batch, fwd_hooks=tv.hooks(l, scale=s))
+            key[(l, s)] = (-ev.top1, round(float(ev.ranks.float().mean()), 4))
+    assert key[(layer, scale)] == min(key.values())
+    cache = residual_cache(model, batch)
+    assert best_layer_and_scale(model, tv, batch, scales=scales, cache=cache,
+                                sweep_at_1=layer_sweep(model, tv, batch, cache=cache)) == \
+        (layer, scale)
+    with pytest.raises(ValueError, match="positive"):
+        best_layer_and_scale(model, tv, batch, scales=(0.0, 1.0))
+    assert_no_hooks(model)
 
 
 # --- strategies --------------------------------------------------------------------------
@@ -250,6 +272,8 @@ def test_strategy_config_validates():
         StrategyConfig(strategies=("fv_magic",))
     with pytest.raises(ValueError, match="n_val must be"):
         StrategyConfig(n_val=0)
+    with pytest.raises(ValueError, match="scales must be positive"):
+        StrategyConfig(scales=(1.0, -2.0))
     with pytest.raises(ValueError, match="common_layer"):
         StrategyConfig(common_layer="middle")
     with pytest.raises(TypeError):

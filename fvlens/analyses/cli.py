@@ -90,9 +90,12 @@ def cmd_strategies(args: argparse.Namespace) -> int:
             rows.append({"task": name, "strategy": s, "zero-shot": rec.get("zero_shot_top1"),
                          "icl": rec["icl_top1"], "best layer": r["best_layer"],
                          "val top1": r["val_top1"], "test top1": r["test_top1"],
-                         "n": rec["n"]})
+                         "n": rec["n"],
+                         "tuned (layer, scale)": f"{r['tuned']['layer']}, "
+                                                 f"{r['tuned']['scale']:g}",
+                         "tuned test top1": r["tuned"]["test_top1"]})
     print(_table(rows, ["task", "strategy", "n", "zero-shot", "icl", "best layer", "val top1",
-                        "test top1"]))
+                        "test top1", "tuned (layer, scale)", "tuned test top1"]))
     for name, rec in results["tasks"].items():
         if "cosine" in rec:
             c = rec["cosine"]

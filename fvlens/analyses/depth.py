@@ -16,6 +16,7 @@ vector per layer and shares one ``ResidualCache`` across every strategy's sweeps
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from fvlens.prompts import PromptBatch
 from fvlens.steering import FunctionVector
 
 __all__ = ["TaskVector", "ResidualCache", "residual_cache", "layer_sweep", "scale_sweep",
-           "best_layer", "depth_summary", "layer_curves", "scale_curves"]
+           "best_layer", "best_layer_and_scale", "depth_summary", "layer_curves", "scale_curves"]
 
 DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 
@@ -198,6 +199,30 @@ def best_layer(sweep: Mapping[int, Evaluation]) -> int:
         raise ValueError("empty layer sweep: evaluate at least one layer")
     return min(sweep, key=lambda layer: (-sweep[layer].top1,
                                          float(sweep[layer].ranks.float().mean()), layer))
+
+
+def best_layer_and_scale(model: HookedTransformer, vector: TaskVector, batch: PromptBatch, *,
+                         scales: Sequence[float] = DEFAULT_SCALES,
+                         cache: ResidualCache | None = None,
+                         sweep_at_1: Mapping[int, Evaluation] | None = None
+                         ) -> tuple[int, float]:
+    """Layer and scale with the best top-1 on ``batch`` (usually validation queries).
+
+    Every layer at every scale; ties: lower mean target rank, then the scale nearest 1 (in
+    log), then the lower layer. ``sweep_at_1``, a ``layer_sweep`` of the same batch at scale 1,
+    saves that pass.
+    """
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive numbers, got {tuple(scales)}")
+    if cache is None:
+        cache = residual_cache(model, batch)
+    grid: dict[tuple[int, float], Evaluation] = {}
+    for scale in scales:
+        sweep = (sweep_at_1 if scale == 1.0 and sweep_at_1 is not None else
+                 layer_sweep(model, vector, batch, scale=scale, cache=cache))
+        grid.update({(layer, float(scale)): ev for layer, ev in sweep.items()})
+    return min(grid, key=lambda ls: (-grid[ls].top1, float(grid[ls].ranks.float().mean()),
+                                     abs(math.log(ls[1])), ls[0]))
 
 
 # --- summaries and figures ---------------------------------------------------------------

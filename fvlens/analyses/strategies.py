@@ -33,7 +33,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.analyses.depth import (DEFAULT_SCALES, TaskVector, best_layer, layer_sweep,
+from fvlens.analyses.depth import (DEFAULT_SCALES, TaskVector, best_layer,
+                                   best_layer_and_scale, layer_sweep,
                                    residual_cache, scale_sweep)
 from fvlens.evaluate import evaluate
 from fvlens.heads.scores import HeadScores
@@ -67,7 +68,8 @@ class StrategyConfig:
         n_samples: AIE / AttnLRP head-scoring prompts.
         n_val: validation queries (the layer is chosen on them).
         n_test: test queries (reported only where the ICL prompt answers correctly).
-        scales: scales tried at each strategy's best layer.
+        scales: scales tried at each strategy's best layer, and with every layer for the
+            validation-chosen (layer, scale) in ``tuned``.
         test_sweep: also sweep every layer on the test queries (for the depth figure).
         common_layer: layer of the cosine matrix: "fv" (the first head FV's best layer) or
             an int.
@@ -93,6 +95,8 @@ class StrategyConfig:
         for name in ("k", "shots", "n_mean", "n_samples", "n_val", "n_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive numbers, got {self.scales}")
         if self.n_mean < 2 and "pca" in self.strategies:
             raise ValueError("pca needs n_mean ≥ 2 prompt pairs")
         if not (self.common_layer == "fv" or isinstance(self.common_layer, int)):
@@ -480,6 +484,13 @@ def run_strategies(model: HookedTransformer, task: str | Task,
         out["scale_sweep"] = {str(s): v.top1 for s, v in
                               scale_sweep(model, tv, test, layer, scales=cfg.scales,
                                           cache=test_cache).items()}
+        # A residual-difference vector's norm is not the task signal's (a difference of
+        # means cancels the shared part): choose its scale on validation, like the DFV's.
+        t_layer, t_scale = best_layer_and_scale(model, tv, val, scales=cfg.scales,
+                                                cache=val_cache, sweep_at_1=sweep)
+        ev = evaluate(model, test, fwd_hooks=tv.hooks(t_layer, scale=t_scale))
+        out["tuned"] = {"layer": t_layer, "scale": t_scale, "test_top1": ev.top1,
+                        "test_top3": ev.top3}
         rec["strategies"][name] = out
         if tv.heads:
             rec["heads"][name] = [list(h) for h in tv.heads]
