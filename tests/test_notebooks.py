@@ -55,7 +55,7 @@ def test_notebooks_exist_without_outputs():
 
     found = _notebooks()
     assert [p.name for p in found] == ["01_quickstart.ipynb", "02_inside_attnlrp.ipynb",
-                                       "03_circuit_study.ipynb"]
+                                       "03_circuit_study.ipynb", "04_analyses.ipynb"]
     for path in found:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
