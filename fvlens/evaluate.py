@@ -22,7 +22,7 @@ from fvlens.prompts import PromptBatch, icl_prompts, instruction_prompts, zero_s
 from fvlens.tasks import Task
 
 __all__ = ["Evaluation", "last_logits", "evaluate", "baseline", "layer_sweep",
-           "DEFAULT_BATCH_SIZE"]
+           "resume_with_vector", "DEFAULT_BATCH_SIZE"]
 
 DEFAULT_BATCH_SIZE = None  # automatic: as many rows as fit TOKENS_PER_PASS
 TOKENS_PER_PASS = 1600
@@ -97,13 +97,28 @@ def layer_sweep(model: HookedTransformer, batch: PromptBatch, vector: Float[Tens
                                     for layer in layers]):
             model(tokens, attention_mask=mask, stop_at_layer=max(layers) + 1)
         for layer in layers:
-            x = rec[layer].clone()
-            x[:, -1] += scale * vector.to(x)
-            if layer < n - 1:
-                x = model(x, start_at_layer=layer + 1, stop_at_layer=n, attention_mask=mask)
-            logits[layer].append(_unembed_last(model, x))
+            logits[layer].append(resume_with_vector(model, rec[layer], layer, scale * vector,
+                                                    mask))
     return {layer: evaluation_from_logits(torch.cat(v), batch.targets)
             for layer, v in logits.items()}
+
+
+def resume_with_vector(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"],
+                       layer: int, vector: Float[Tensor, " d_model"],
+                       attention_mask: Tensor) -> Float[Tensor, "batch d_vocab"]:
+    """Last-position logits after adding ``vector`` at the last position of a recorded
+    ``blocks.{layer}.hook_resid_post`` and running only the blocks above ``layer``.
+
+    Equal to a forward pass with ``FunctionVector(vector, layer).hooks()``: the blocks up to
+    ``layer`` do not see the vector, so a recorded residual can stand in for them.
+    """
+    x = resid.clone()
+    x[:, -1] += vector.to(device=x.device, dtype=x.dtype)
+    n = model.cfg.n_layers
+    if layer + 1 < n:
+        x = model(x, start_at_layer=layer + 1, stop_at_layer=n,
+                  attention_mask=attention_mask.to(x.device))
+    return _unembed_last(model, x)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

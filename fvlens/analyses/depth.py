@@ -27,9 +27,9 @@ from jaxtyping import Float
 from plotly.colors import qualitative
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.HookedTransformer import apply_softcap
 
-from fvlens.evaluate import Evaluation, auto_batch_size, evaluation_from_logits
+from fvlens.evaluate import (Evaluation, auto_batch_size, evaluation_from_logits,
+                             resume_with_vector)
 from fvlens.heads.scores import Head
 from fvlens.hooks import HookList, hook_name
 from fvlens.prompts import PromptBatch
@@ -128,27 +128,11 @@ def residual_cache(model: HookedTransformer, batch: PromptBatch, *,
     return ResidualCache(batch=batch, chunks=tuple(chunks), resid=tuple(resid))
 
 
-def _finish(model: HookedTransformer, resid: Tensor) -> Tensor:
-    """Unembed the last position (as ``fvlens.evaluate.last_logits`` does)."""
-    resid = resid[:, -1:, :]
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    logits = apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
-    return logits[:, 0].float().cpu()
-
-
 @torch.no_grad()
 def _steered_from_cache(model: HookedTransformer, cache: ResidualCache, layer: int,
                         vector: Tensor) -> Evaluation:
-    n_layers = model.cfg.n_layers
-    logits = []
-    for chunk, resid in zip(cache.chunks, cache.resid):
-        x = resid[layer].clone()
-        x[:, -1] += vector.to(device=x.device, dtype=x.dtype)
-        if layer + 1 < n_layers:
-            x = model(x, start_at_layer=layer + 1, stop_at_layer=n_layers,
-                      attention_mask=chunk.attention_mask.to(x.device))
-        logits.append(_finish(model, x))
+    logits = [resume_with_vector(model, resid[layer], layer, vector, chunk.attention_mask)
+              for chunk, resid in zip(cache.chunks, cache.resid)]
     return evaluation_from_logits(torch.cat(logits), cache.batch.targets)
 
 

@@ -28,7 +28,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.HookedTransformer import apply_softcap
 
-from fvlens.evaluate import _forward_last
+from fvlens.evaluate import _forward_last, _unembed_last
 from fvlens.hooks import HookList, hook_name
 from fvlens.prompts import PromptBatch
 
@@ -248,8 +248,8 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
         assert x is not None
         targets = chunk.targets.repeat_interleave(n_layers * n_heads)
         flat = x.reshape(p * n_layers * n_heads, 1, -1)
-        probs = torch.cat([_final_target_probs(model, flat[i:i + UNEMBED_ROWS],
-                                               targets[i:i + UNEMBED_ROWS])
+        probs = torch.cat([_target_probs(_unembed_last(model, flat[i:i + UNEMBED_ROWS]),
+                                         targets[i:i + UNEMBED_ROWS])
                            for i in range(0, len(flat), UNEMBED_ROWS)])
         out[row:row + p] = probs.view(p, n_layers, n_heads) - base[:, None, None]
         row += p
@@ -259,14 +259,6 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
 
 # Rows unembedded at once by the fast path (rows × d_vocab float32 logits at a time).
 UNEMBED_ROWS = 256
-
-
-def _final_target_probs(model: HookedTransformer, x: Tensor, targets: Tensor) -> Tensor:
-    """Probability of each row's target from a final residual ``[rows, 1, d_model]``."""
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)[:, -1]
-    return _target_probs(logits, targets)
 
 
 def _last_token_block(model: HookedTransformer, layer: int, x: Tensor, rec: dict[str, Tensor],
