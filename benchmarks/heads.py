@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import torch
 
 from aie import measure_aie, setup
 from fvlens.attnlrp import explain_batch

@@ -136,7 +136,7 @@ def _pick_instructions(kind: str, others: str) -> tuple[Instruction, ...]:
         (f"Which of these words is an {kind}?" if kind[0] in "aeiou" else f"Which of these words is a {kind}?",
          (f"is an {kind}" if kind[0] in "aeiou" else f"is a {kind}",)),
         (f"Give the {kind}, not the {others}.", (f"the {kind}",)),
-        (f"Answer with the word that names {'an' if kind[0] in 'aeiou' else 'a'} {kind}.", (f"names",  kind)),
+        (f"Answer with the word that names {'an' if kind[0] in 'aeiou' else 'a'} {kind}.", ("names",  kind)),
         (f"Find the {kind} among these words.", (f"Find the {kind}",)),
     )
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fvlens.provenance import write_results
+
 __all__ = ["main"]
 
 
@@ -30,16 +32,6 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(out)
-
-
-def write_results(out_dir: Path, results: dict) -> Path:
-    """Write ``results.json`` atomically into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
-    return path
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

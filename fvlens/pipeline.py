@@ -14,7 +14,6 @@ import time
 import warnings
 from collections.abc import Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm

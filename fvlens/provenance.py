@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 
-__all__ = ["versions", "machine"]
+__all__ = ["versions", "machine", "write_results"]
 
 _PACKAGES = ("fvlens", "transformer-lens", "torch", "transformers", "numpy")
 
@@ -37,3 +39,15 @@ def machine() -> dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def write_results(out_dir: str | Path, results: dict) -> Path:
+    """Write ``results`` to ``out_dir/results.json`` atomically (temp file, then rename);
+    values JSON does not know (paths, tuples of numbers' types) are written as strings."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(path)
+    return path

@@ -10,7 +10,7 @@ import torch
 from fvlens.cli import main
 from fvlens.heads.scores import HeadScores
 from fvlens.hooks import assert_no_hooks
-from fvlens.pipeline import RunConfig, choose_layer, choose_scale, extract_vectors, run
+from fvlens.pipeline import RunConfig, choose_layer, choose_scale, extract_vectors
 from fvlens.prompts import zero_shot_prompts
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import load_task

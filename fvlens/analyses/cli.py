@@ -15,20 +15,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fvlens.provenance import write_results
+
 __all__ = ["add_parsers", "cmd_strategies", "cmd_transfer", "cmd_frames", "main"]
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _write(out: Path, results: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(path)
-    return path
 
 
 def _provenance(model, model_name: str, settings: dict) -> dict:
@@ -81,7 +74,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
         for name, tv in vectors.items():
             tensors[f"{task.name}/{name}"] = tv.vectors.contiguous()
             heads[f"{task.name}/{name}"] = [list(h) for h in tv.heads]
-        _write(out, results)  # keep partial results
+        write_results(out, results)  # keep partial results
     results["seconds"] = time.perf_counter() - t0
     results["depth"] = depth_summary(results)
     rows = []
@@ -113,7 +106,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
             figures[f"cosine_{name}"] = cosine_heatmap(rec, title=f"{name}: cosine similarity")
             figures[f"layers_{name}"] = layer_curves(results, task=name)
     _save_figures(out, figures)
-    print(f"wrote {_write(out, results)}")
+    print(f"wrote {write_results(out, results)}")
     return 0
 
 
@@ -206,7 +199,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     print(_table(rows, ["A \\ B", *res.targets]))
     out = Path(args.out)
     _save_figures(out, {"transfer": transfer_heatmaps(res)})
-    print(f"wrote {_write(out, results)}")
+    print(f"wrote {write_results(out, results)}")
     return 0
 
 
@@ -288,14 +281,14 @@ def cmd_frames(args: argparse.Namespace) -> int:
                          "acc annot removed": rec.get("annotated_removed_accuracy", ""),
                          "fv auto": rec.get("heads_automatic", {}).get("test_top1", ""),
                          "fv annot": rec.get("heads_annotated", {}).get("test_top1", "")})
-            _write(out, results)
+            write_results(out, results)
     results["seconds"] = time.perf_counter() - t0
     if rows:
         print(_table(rows, list(rows[0])))
     elif not survey_tasks:
         print("no instruction had samples; see the skipped reasons above")
     _save_figures(out, figures)
-    print(f"wrote {_write(out, results)}")
+    print(f"wrote {write_results(out, results)}")
     return 0
 
 

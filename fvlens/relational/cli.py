@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
+from fvlens.provenance import write_results
+
 __all__ = ["add_parsers", "cmd_finetune", "cmd_similarity", "cmd_analogies"]
-
-
-def _write(out: Path, results: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(path)
-    return path
 
 
 def _provenance(model_name: str, settings: dict) -> dict:
@@ -86,7 +78,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     results["seconds"] = time.perf_counter() - t0
     for k, v in results["held_out_top1"].items():
         print(f"{k:>18}: {v:.3f}")
-    print(f"wrote {_write(out, results)}")
+    print(f"wrote {write_results(out, results)}")
     return 0
 
 
@@ -115,7 +107,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
             rr = r.get("all", r)
             print(f"{level:>15} {rep:>14}: spearman {rr['spearman']['r']:+.3f} "
                   f"(p={rr['spearman']['p_perm']}) n={rr['n']}")
-    print(f"wrote {_write(out, results)}")
+    print(f"wrote {write_results(out, results)}")
     return 0
 
 
@@ -156,7 +148,7 @@ def cmd_analogies(args: argparse.Namespace) -> int:
     results["seconds"] = time.perf_counter() - t0
     for cond, r in res["accuracy"].items():
         print(f"{cond:>12}: mc {r['mc']}  generative {r['generative']}  n={r['n']}")
-    print(f"wrote {_write(Path(args.out), results)}")
+    print(f"wrote {write_results(Path(args.out), results)}")
     return 0
 
 
