@@ -95,7 +95,7 @@ def test_cli_analogies_builds_a_bank(patched, tmp_path):
         args.func(args)
 
 
-def test_cli_similarity_writes_json_and_html(patched, tmp_path):
+def test_cli_similarity_writes_json_and_html(patched, tmp_path, capsys):
     ratings = _ratings_from_tasks(tmp_path / "r.csv")
     args = _parser().parse_args(
         ["similarity", "--ratings", str(ratings), "--layer", "1", "--steps", "2", "--pairs", "4",
@@ -108,6 +108,13 @@ def test_cli_similarity_writes_json_and_html(patched, tmp_path):
     assert res["relation_level"]["finetuned"]["n"] == 3
     assert (tmp_path / "sim" / "pair_level_scatter.html").is_file()
     assert (tmp_path / "sim" / "relation_level_scatter.html").is_file()
+    # the printed summary gives both correlations of every row, with the CI where there is one
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "_level" in ln]
+    assert len(lines) == 7 and all("spearman" in ln and "pearson" in ln for ln in lines)
+    pair = res["pair_level"]["resid"].get("all", res["pair_level"]["resid"])
+    if pair["spearman"]["ci95"]:
+        lo, hi = pair["spearman"]["ci95"]
+        assert f"[{lo:+.2f}, {hi:+.2f}]" in next(ln for ln in lines if "resid" in ln)
 
 
 def test_run_similarity_subsets_are_seeded(tiny_tok_model, tmp_path):

@@ -105,8 +105,14 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     for level in ("relation_level", "pair_level"):
         for rep, r in res[level].items():
             rr = r.get("all", r)
-            print(f"{level:>15} {rep:>14}: spearman {rr['spearman']['r']:+.3f} "
-                  f"(p={rr['spearman']['p_perm']}) n={rr['n']}")
+            line = f"{level:>15} {rep:>14}: n={rr['n']:<5}"
+            for stat in ("spearman", "pearson"):
+                ci = rr[stat].get("ci95")
+                ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "[no CI]"
+                p = rr[stat].get("p_perm")
+                p_text = f"p={p:.3g}" if p is not None else "p=n/a"
+                line += f"  {stat} {rr[stat]['r']:+.3f} {ci_text} {p_text}"
+            print(line)
     print(f"wrote {write_results(out, results)}")
     return 0
 
