@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--both", required=True,
                     help="a `fvlens run --select aie,attnlrp` directory")
     ap.add_argument("--task", default="capitalize", help="task of the head maps")
+    ap.add_argument("--heads", default="benchmarks/results/heads.json",
+                    help="benchmarks/heads.py output for the cost figure (skipped if absent)")
     ap.add_argument("--out", default="docs/img")
     args = ap.parse_args()
     out = Path(args.out)
@@ -65,6 +67,16 @@ def main() -> None:
                  height=150 + 22 * n_layers),
         snapshot(plots.timing(both), out / "timing.png", height=400),
     ]
+    heads = Path(args.heads)
+    if heads.is_file():  # benchmarks/heads.py: the four rates on the same prompts
+        h = json.loads(heads.read_text())
+        rates = {"forward": h["forward_samples_per_min"],
+                 "attnlrp": h["attnlrp_samples_per_min"],
+                 "aie fast": h["aie_fast_samples_per_min"],
+                 "aie reference": h["aie_reference_samples_per_min"]}
+        fig = plots.timing({"timing": {k: {"samples_per_min": v} for k, v in rates.items()}})
+        fig.update_layout(title="head-selection cost, benchmarks/heads.py (same 4 prompts)")
+        written.append(snapshot(fig, out / "timing_benchmark.png", height=400))
     for path in written:
         print(f"wrote {path}")
 
