@@ -8,7 +8,8 @@ applies with ``model.hooks(fwd_hooks=...)`` or ``model.run_with_hooks(...)``. Li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -24,6 +25,7 @@ __all__ = [
     "check_hook_names",
     "assert_no_hooks",
     "count_hooks",
+    "frozen_parameters",
 ]
 
 
@@ -96,3 +98,20 @@ def clone_if_grad(x: Tensor) -> Tensor:
     """Clone a tensor before an in-place edit when autograd is tracking it."""
     return x.clone() if x.requires_grad else x
 
+
+@contextlib.contextmanager
+def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
+    """Turn off ``requires_grad`` on every parameter of ``model``; restore each flag on exit.
+
+    Inside, a backward pass reaches only what the caller made a leaf (a hooked activation, a
+    trained vector), never the weights.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)

@@ -21,10 +21,9 @@ queries and reports test accuracy (``fvlens strategies``; see ``docs/analyses.md
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -38,7 +37,7 @@ from fvlens.analyses.depth import (DEFAULT_SCALES, TaskVector, best_layer,
                                    residual_cache, scale_sweep)
 from fvlens.evaluate import evaluate
 from fvlens.heads.scores import HeadScores
-from fvlens.hooks import hook_name
+from fvlens.hooks import frozen_parameters, hook_name
 from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
 from fvlens.steering import FunctionVector
 from fvlens.tasks import Pair, Task, load_task
@@ -198,19 +197,6 @@ class Contrast:
         return self.clean_resid - self.zero_shot_resid
 
 
-@contextlib.contextmanager
-def _frozen(model: HookedTransformer) -> Iterator[None]:
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-
-
 def _last_position_pass(model: HookedTransformer, batch: PromptBatch, *, grad: bool
                         ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
     """resid_post and z of every layer at the last token, P(target), and ∂P/∂z if ``grad``."""
@@ -232,7 +218,7 @@ def _last_position_pass(model: HookedTransformer, batch: PromptBatch, *, grad: b
     if grad:
         hooks = [("hook_embed", leaf)] + hooks
     device = model.cfg.device
-    with _frozen(model), torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
+    with frozen_parameters(model), torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
         x = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device),
                   stop_at_layer=n_layers)[:, -1]
         if model.cfg.normalization_type is not None:

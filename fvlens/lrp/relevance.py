@@ -7,8 +7,7 @@ accumulates and nothing is left behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,26 +16,12 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from fvlens.hooks import HookList, check_hook_names
+from fvlens.hooks import HookList, check_hook_names, frozen_parameters
 from fvlens.lrp.rules import attnlrp_hooks
 
 __all__ = ["BatchRelevance", "Relevance", "explain", "explain_batch", "relevance_at"]
 
 INPUT_HOOKS = ("hook_embed", "hook_pos_embed")
-
-
-@contextmanager
-def _frozen_parameters(model: HookedTransformer) -> Iterator[None]:
-    """Turn off requires_grad on every parameter; restore the flags afterwards."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
 
 
 def _leaf_hook(x: Tensor, hook: HookPoint) -> Tensor:
@@ -71,7 +56,7 @@ def _trace(
     device = model.cfg.device
     tokens = tokens.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
-    with _frozen_parameters(model), torch.enable_grad(), model.hooks(fwd_hooks=fwd):
+    with frozen_parameters(model), torch.enable_grad(), model.hooks(fwd_hooks=fwd):
         logits = model(tokens, attention_mask=mask) if mask is not None else model(tokens)
         rows = torch.arange(tokens.shape[0], device=logits.device)
         target_logits = logits[rows, -1, targets.to(logits.device)]

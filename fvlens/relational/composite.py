@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.hooks import HookList, hook_name
+from fvlens.hooks import HookList, frozen_parameters, hook_name
 from fvlens.relational.finetune import grad_last_logits, load_vector, save_vector
 from fvlens.steering import FunctionVector
 from fvlens.tasks import Pair
@@ -181,16 +181,10 @@ def fit_weights(model: HookedTransformer, bank: RelationBank, stems: Sequence[Pa
     from fvlens.prompts import zero_shot_prompts
 
     out = []
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_parameters(model):
         for start in range(0, len(stems), batch_size):
             batch = zero_shot_prompts(model, list(stems[start:start + batch_size]))
             out.append(_fit_batch(model, bank, batch, cfg))
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
     return torch.cat(out)
 
 

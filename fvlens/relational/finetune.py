@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.HookedTransformer import apply_softcap
 
 from fvlens.evaluate import evaluate
-from fvlens.hooks import HookList, hook_name
+from fvlens.hooks import HookList, frozen_parameters, hook_name
 from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import Pair, Task, load_task
@@ -318,12 +318,9 @@ def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = F
         acc = float((logits.argmax(-1) == val_b.targets).float().mean())
         return loss, acc
 
-    flags = [p.requires_grad for p in model.parameters()]
     fingerprint = _param_fingerprint(model)
     history: list[dict] = []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_parameters(model):
         val_loss, val_acc = validate()
         history.append({"step": 0, "train_loss": None, "val_loss": val_loss, "val_top1": val_acc,
                         "lr": lr})
@@ -351,9 +348,6 @@ def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = F
                 if (val_acc, -val_loss) > best[:2]:
                     best = (val_acc, -val_loss, step, param.detach().clone().cpu())
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val_top1=f"{val_acc:.2f}")
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
     if abs(_param_fingerprint(model) - fingerprint) > 1e-6 * max(1.0, abs(fingerprint)):
         raise AssertionError("model parameters changed during fine-tuning; only the vector may "
                              "be trained")
