@@ -42,6 +42,15 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def write_result(path: str, result: dict) -> None:
+    """Write a benchmark's JSON to ``path`` and print it without machine and versions."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "versions")},
+                     indent=1))
+
+
 def measure_aie(model, corrupted, mean_z) -> dict:
     n = len(corrupted)
     # Warm-up: the first call pays one-off allocator and kernel set-up costs, which would be
@@ -74,11 +83,7 @@ def main() -> None:
               "shots": args.shots, "prompt_tokens": int(corrupted.tokens.shape[1]),
               **measure_aie(model, corrupted, mean_z),
               "machine": machine(), "versions": versions()}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "versions")},
-                     indent=1))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,10 @@ forward per head) and the fast path. Samples per minute for each, and the ratios
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 
-from aie import measure_aie, setup
+from aie import measure_aie, setup, write_result
 from fvlens.attnlrp import explain_batch
 from fvlens.evaluate import last_logits
 from fvlens.models import load_model
@@ -63,17 +61,13 @@ def main() -> None:
         "aie_reference_samples_per_min": aie["reference_samples_per_min"],
         "aie_fast_samples_per_min": aie["fast_samples_per_min"],
         "attnlrp_cost_in_forwards": min(lrp) / min(fwd),
-        "attnlrp_over_aie_reference": aie["reference_seconds"] / min(lrp) * 1.0,
+        "attnlrp_over_aie_reference": aie["reference_seconds"] / min(lrp),
         "attnlrp_over_aie_fast": aie["fast_seconds"] / min(lrp),
         "aie_fast_over_reference": aie["speedup"],
         "aie_max_abs_diff": aie["max_abs_diff"],
         "machine": machine(), "versions": versions(),
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "versions")},
-                     indent=1))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
