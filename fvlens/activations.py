@@ -11,49 +11,49 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import (DEFAULT_BATCH_SIZE, _forward_last, auto_batch_size,
-                             evaluation_from_logits)
+from fvlens.batch import PromptBatch
+from fvlens.forward import forward_last, map_chunks
 from fvlens.hooks import hook_name
-from fvlens.prompts import PromptBatch
 
-__all__ = ["last_token_head_activations", "mean_head_activations"]
+__all__ = ["last_token_head_activations", "mean_head_activations", "mean_of_correct"]
 
 
 @torch.no_grad()
 def last_token_head_activations(
-    model: HookedTransformer, batch: PromptBatch, *, batch_size: int | None = DEFAULT_BATCH_SIZE
+    model: HookedTransformer, batch: PromptBatch, *, batch_size: int | None = None
 ) -> tuple[Float[Tensor, "batch n_layers n_heads d_head"], Bool[Tensor, " batch"]]:
     """Every head's ``hook_z`` at the last token of every prompt, and whether the prompt's
-    top-1 prediction is its target.
+    top-1 prediction is its target (one forward pass over the batch).
 
     Args:
         model: the model.
         batch: left-padded prompts (the last real token is at position -1).
-        batch_size: rows per forward pass.
+        batch_size: rows per forward pass; None sizes passes by tokens.
 
     Returns:
         ``(z, correct)``: z of shape ``[batch, n_layers, n_heads, d_head]`` (float32, CPU) and
         the top-1 correctness of each row.
     """
     n_layers = model.cfg.n_layers
-    zs, correct = [], []
-    for chunk in batch.chunks(auto_batch_size(batch, batch_size)):
+
+    def run(chunk: PromptBatch) -> tuple[Tensor, Tensor]:
         store: list[Tensor | None] = [None] * n_layers
 
-        def grab(z: Tensor, hook, layer: int) -> None:
-            store[layer] = z[:, -1].detach().float().cpu()
+        def grab(z: Tensor, hook) -> None:
+            store[hook.layer()] = z[:, -1].detach().float().cpu()
 
-        hooks = [(hook_name("z", layer), _bind(grab, layer)) for layer in range(n_layers)]
-        with model.hooks(fwd_hooks=hooks):
-            logits = _forward_last(model, chunk.tokens, chunk.attention_mask)
-        zs.append(torch.stack(store, dim=1))  # type: ignore[arg-type]
-        correct.append(evaluation_from_logits(logits, chunk.targets).correct)
-    return torch.cat(zs), torch.cat(correct)
+        with model.hooks(fwd_hooks=[(hook_name("z", layer), grab) for layer in range(n_layers)]):
+            logits = forward_last(model, chunk.tokens, chunk.attention_mask)
+        correct = logits.argmax(-1).cpu() == chunk.targets
+        return torch.stack(store, dim=1), correct  # type: ignore[arg-type]
+
+    parts = map_chunks(batch, run, batch_size=batch_size)
+    return torch.cat([z for z, _ in parts]), torch.cat([c for _, c in parts])
 
 
 def mean_head_activations(
     model: HookedTransformer, batch: PromptBatch, *, only_correct: bool = True,
-    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
 ) -> Float[Tensor, "n_layers n_heads d_head"]:
     """Each head's ``hook_z`` at the last token, averaged over prompts.
 
@@ -68,18 +68,20 @@ def mean_head_activations(
         The mean activation, ``[n_layers, n_heads, d_head]``.
     """
     z, correct = last_token_head_activations(model, batch, batch_size=batch_size)
+    return mean_of_correct(z, correct, batch, only_correct=only_correct)
+
+
+def mean_of_correct(z: Float[Tensor, "batch n_layers n_heads d_head"],
+                    correct: Bool[Tensor, " batch"], batch: PromptBatch, *,
+                    only_correct: bool = True) -> Float[Tensor, "n_layers n_heads d_head"]:
+    """The mean of ``z`` over the rows answered correctly (all rows without ``only_correct``)."""
     if only_correct:
         if not correct.any():
+            mode = "instruction" if batch.kind.startswith("instruction") else "ICL"
+            fix = ("another instruction or an instruction-tuned model" if mode == "instruction"
+                   else "more shots or another task")
             raise ValueError(
-                f"the model answers none of the {len(batch)} {batch.kind} prompts correctly, so "
-                "there is no mean activation to take; use more shots, another task, or "
-                "only_correct=False")
+                f"the model answers none of the {len(batch)} {mode} prompts correctly, so "
+                f"there is no mean activation to take; try {fix}")
         z = z[correct]
     return z.mean(0)
-
-
-def _bind(fn, layer: int):
-    def hook(z: Tensor, hook) -> None:
-        return fn(z, hook, layer)
-
-    return hook

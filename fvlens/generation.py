@@ -29,7 +29,8 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from fvlens.hooks import HookFn, HookList, check_hook_names
-from fvlens.prompts import tokenize
+from fvlens.batch import pad_left
+from fvlens.prompts import pad_token_id, tokenize
 from fvlens.steering import DistributedFV, FunctionVector
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "generate_tokens",
     "restrict_to_prompt",
     "side_by_side",
-    "steer_report",
     "vector_hooks",
 ]
 
@@ -262,54 +262,6 @@ def side_by_side(model: HookedTransformer, prompt: str, vector: Vector, **kw) ->
     }
 
 
-STEER_INJECT = ("fv", "dfv")
-
-
-def steer_report(model: HookedTransformer, prompt: str, *, task: str, select: str = "aie",
-                 inject: str = "fv", k: int = 20, max_new_tokens: int = 20, seed: int = 0,
-                 **config) -> dict:
-    """Build a task's vector and generate with and without it (the ``fvlens steer`` command).
-
-    The vector comes from ``fvlens.pipeline.extract_vectors``: an FV at the injection layer
-    chosen on the task's validation split, or a DFV at the scale chosen there.
-
-    Args:
-        prompt: the prompt to continue.
-        task: the task name (or path) the vector is extracted for.
-        select: head-selection method.
-        inject: "fv" (averaged FV at its chosen layer) or "dfv" (distributed FV).
-        k: number of heads.
-        max_new_tokens: tokens to generate (greedy).
-        seed: seeds the extraction.
-        config: other ``extract_vectors`` settings (``n_mean``, ``n_samples``, ``shots`` …).
-
-    Returns:
-        A JSON-ready dict: the settings, the vector's heads, layer (FV) or scale (DFV), and the
-        ``side_by_side`` continuations ``prompt``/``unsteered``/``steered``.
-    """
-    if inject not in STEER_INJECT:
-        raise ValueError(f"unknown inject {inject!r}; choose one of {STEER_INJECT}")
-    from fvlens.pipeline import extract_vectors
-
-    vectors = extract_vectors(model, task, select=(select,), k=k, seed=seed,
-                              inject=(inject,), **config)
-    table = vectors.fv if inject == "fv" else vectors.dfv
-    if select not in table:
-        raise ValueError(f"no {inject} for select={select!r}; have {sorted(table)}")
-    vector = table[select]
-    if isinstance(vector, FunctionVector):
-        layer, scale = vector.layer, 1.0
-    else:
-        layer, scale = None, float(getattr(vectors, "dfv_scale", {}).get(select, 1.0))
-    texts = side_by_side(model, prompt, vector, max_new_tokens=max_new_tokens, scale=scale)
-    return {
-        "task": task, "select": select, "inject": inject, "k": k,
-        "seed": seed, "max_new_tokens": max_new_tokens, "layer": layer, "scale": scale,
-        "heads": [list(h) for h in vector.heads],
-        **texts,
-    }
-
-
 def _pad_left(model: HookedTransformer,
               prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     if not prompts:
@@ -318,12 +270,4 @@ def _pad_left(model: HookedTransformer,
     for p, r in zip(prompts, rows):
         if not r:
             raise ValueError(f"prompt {p!r} tokenizes to nothing (and the model adds no BOS)")
-    tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return tokens, mask
+    return pad_left(rows, pad_token_id(model))

@@ -78,12 +78,17 @@ def check_hook_names(model: HookedTransformer, hooks: Sequence[tuple[str, HookFn
 
 
 def count_hooks(model: HookedTransformer) -> int:
-    """Number of forward and backward hooks registered on any hook point of ``model``."""
+    """Number of hooks registered on the hook points of ``model``, each counted once.
+
+    Counts what torch will call (forward, forward-pre, backward and backward-pre hooks of every
+    ``HookPoint``), so a hook added through TransformerLens (``model.hooks``,
+    ``add_hook``) or directly through torch is seen, and none twice.
+    """
     total = 0
     for hp in model.hook_dict.values():
         assert isinstance(hp, HookPoint)
-        total += len(hp._forward_hooks) + len(hp._backward_hooks)
-        total += len(hp.fwd_hooks) + len(hp.bwd_hooks)
+        total += len(hp._forward_hooks) + len(hp._forward_pre_hooks)
+        total += len(hp._backward_hooks) + len(hp._backward_pre_hooks)
     return total
 
 
@@ -92,11 +97,6 @@ def assert_no_hooks(model: HookedTransformer) -> None:
     n = count_hooks(model)
     if n:
         raise AssertionError(f"{n} hooks left on the model; call model.reset_hooks()")
-
-
-def clone_if_grad(x: Tensor) -> Tensor:
-    """Clone a tensor before an in-place edit when autograd is tracking it."""
-    return x.clone() if x.requires_grad else x
 
 
 @contextlib.contextmanager

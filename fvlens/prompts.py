@@ -1,9 +1,11 @@
 """Prompt builders: ICL, instruction and zero-shot prompts, and their corrupted variants.
 
-Every builder returns a ``PromptBatch``: left-padded tokens with an attention mask (so the last
-real token of every row is at position -1, and a hook that edits "the last position" edits the
-same token in every row), the first-token target ids, and the token positions of the parts
-that head scoring reads (an instruction's frame, the demonstrations' answers).
+Every builder returns a ``fvlens.batch.PromptBatch``: left-padded tokens with an attention
+mask, the first-token target ids, and the token positions of the parts that head scoring reads
+(an instruction's frame, the demonstrations' answers). ``corrupted`` derives the corrupted
+batch of causal mediation *from* a clean batch, row by row: the same query and the same
+demonstrations with their labels deranged (ICL, Todd et al. 2024), or the instruction replaced
+by unrelated words of the same token length (Davidson et al.).
 
 Default template (Todd et al. 2024): ``Q: {x}\\nA: {y}\\n\\n`` per demonstration, then
 ``Q: {x_query}\\nA:``; the target is the first token of ``" " + y``.
@@ -11,15 +13,14 @@ Default template (Todd et al. 2024): ``Q: {x}\\nA: {y}\\n\\n`` per demonstration
 
 from __future__ import annotations
 
-import dataclasses
 import random
+import weakref
+from collections import Counter
 from collections.abc import Sequence
 
-import torch
-from jaxtyping import Int
-from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from fvlens.batch import DEFAULT_TEMPLATE, PromptBatch, Template
 from fvlens.tasks import Instruction, Pair, Task
 
 __all__ = [
@@ -28,90 +29,14 @@ __all__ = [
     "icl_prompts",
     "instruction_prompts",
     "zero_shot_prompts",
+    "corrupted",
+    "derangement",
     "target_ids",
     "tokenize",
+    "pad_token_id",
 ]
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Template:
-    """How a pair is written. ``answer_prefix`` goes before every answer, demonstrated or not."""
-
-    query: str = "Q: {x}\nA:"
-    answer_prefix: str = " "
-    demo_suffix: str = "\n\n"
-    instruction_suffix: str = "\n"
-
-    def __post_init__(self) -> None:
-        if "{x}" not in self.query:
-            raise ValueError(f"Template.query must contain '{{x}}', got {self.query!r}")
-
-
-DEFAULT_TEMPLATE = Template()
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PromptBatch:
-    """A left-padded batch of prompts with targets and the positions head scoring reads.
-
-    Attributes:
-        tokens: token ids, left-padded with the pad token.
-        attention_mask: 1 for real tokens, 0 for padding.
-        targets: first token id of each row's expected answer.
-        texts: the prompt strings (without BOS).
-        queries: the query pair of each row.
-        frame_positions: per row, the positions (in padded coordinates) of the tokens that
-            define the task: the instruction's frame substrings, or in ICL prompts the
-            demonstrations' answer tokens.
-        context_positions: per row, the positions of every instruction or demonstration token.
-        kind: "icl", "icl_shuffled", "instruction", "instruction_corrupted" or "zero_shot".
-    """
-
-    tokens: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
-    targets: Int[Tensor, " batch"]
-    texts: tuple[str, ...]
-    queries: tuple[Pair, ...]
-    frame_positions: tuple[tuple[int, ...], ...]
-    context_positions: tuple[tuple[int, ...], ...]
-    kind: str
-    pad_id: int = 0
-
-    def __post_init__(self) -> None:
-        n = self.tokens.shape[0]
-        for name in ("texts", "queries", "frame_positions", "context_positions"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"PromptBatch.{name} has {len(getattr(self, name))} rows, "
-                                 f"tokens has {n}")
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def select(self, rows: Sequence[int] | Tensor) -> PromptBatch:
-        """The sub-batch of the given rows, re-padded to its longest row."""
-        idx = [int(i) for i in (rows.tolist() if isinstance(rows, Tensor) else rows)]
-        return _pack(
-            [self._row_tokens(i) for i in idx], [int(self.targets[i]) for i in idx],
-            [self.texts[i] for i in idx], [self.queries[i] for i in idx],
-            [self._row_positions(self.frame_positions, i) for i in idx],
-            [self._row_positions(self.context_positions, i) for i in idx],
-            self.kind, pad_id=self.pad_id,
-        )
-
-    def chunks(self, size: int) -> list[PromptBatch]:
-        """Consecutive sub-batches of at most ``size`` rows."""
-        return [self.select(range(i, min(i + size, len(self)))) for i in range(0, len(self), size)]
-
-    @property
-    def n_pad(self) -> Int[Tensor, " batch"]:
-        return (self.attention_mask == 0).sum(-1)
-
-    def _row_tokens(self, i: int) -> list[int]:
-        return self.tokens[i, int(self.n_pad[i]):].tolist()
-
-    def _row_positions(self, table, i: int) -> tuple[int, ...]:
-        pad = int(self.n_pad[i])
-        return tuple(p - pad for p in table[i])
+Parts = list[tuple[str, str | None]]  # (text piece, role: "frame" | "context" | None)
 
 
 def tokenize(model: HookedTransformer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -142,8 +67,9 @@ def target_ids(model: HookedTransformer, outputs: Sequence[str], *,
 def zero_shot_prompts(model: HookedTransformer, queries: Task | Sequence[Pair], *,
                       template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
     """``Q: {x}\\nA:`` for every query pair."""
-    rows = [[(template.query.format(x=q.input), None)] for q in _pairs(queries)]
-    return _build(model, rows, _pairs(queries), "zero_shot", template)
+    qs = _pairs(queries)
+    rows = [[(template.query.format(x=q.input), None)] for q in qs]
+    return _build(model, rows, qs, "zero_shot", template)
 
 
 def icl_prompts(model: HookedTransformer, queries: Task | Sequence[Pair],
@@ -156,29 +82,21 @@ def icl_prompts(model: HookedTransformer, queries: Task | Sequence[Pair],
         queries: the pairs to ask about (one prompt each).
         demonstrations: the pool demonstrations are drawn from (a query is never its own demo).
         shots: demonstrations per prompt.
-        seed: seeds the draw (and the label shuffle).
-        shuffle_labels: the corrupted prompts of causal mediation: the demonstrations' outputs
-            are permuted among themselves so the inputs no longer map to their outputs.
+        seed: seeds the draw (and the label derangement).
+        shuffle_labels: return ``corrupted(...)`` of the clean prompts with the same seed:
+            the same demonstrations row for row, their labels deranged.
     """
     pool, qs = _pairs(demonstrations), _pairs(queries)
+    if shots < 0:
+        raise ValueError(f"shots must be ≥ 0, got {shots}")
     if len(pool) < shots + 1:
         raise ValueError(f"need at least {shots + 1} demonstration pairs for {shots}-shot "
                          f"prompts, got {len(pool)}")
     rng = random.Random(seed)
-    rows = []
-    for q in qs:
-        demos = rng.sample([p for p in pool if p != q], shots)
-        outputs = [d.output for d in demos]
-        if shuffle_labels:
-            outputs = _derangement(outputs, rng)
-        parts: list[tuple[str, str | None]] = []
-        for d, y in zip(demos, outputs):
-            parts.append((template.query.format(x=d.input), "context"))
-            parts.append((template.answer_prefix + y, "frame"))
-            parts.append((template.demo_suffix, "context"))
-        parts.append((template.query.format(x=q.input), None))
-        rows.append(parts)
-    return _build(model, rows, qs, "icl_shuffled" if shuffle_labels else "icl", template)
+    demos = [tuple(rng.sample([p for p in pool if p != q], shots)) for q in qs]
+    rows = [_icl_parts(d, q, template) for d, q in zip(demos, qs)]
+    clean = _build(model, rows, qs, "icl", template, demonstrations=demos)
+    return corrupted(model, clean, seed=seed) if shuffle_labels else clean
 
 
 def instruction_prompts(model: HookedTransformer, task: Task,
@@ -191,37 +109,100 @@ def instruction_prompts(model: HookedTransformer, task: Task,
         task: supplies the instructions (and the queries when ``queries`` is None).
         instruction: one instruction (index or object) for every row; None cycles through
             the task's instructions row by row.
-        corrupt: replace the instruction by a task-unrelated sequence of the same token length
-            (the baseline of Davidson et al.'s causal mediation): words drawn uniformly, seeded,
-            from the vocabulary's lower-case ASCII words of 3+ letters that are one token both
-            at the start and after a space, so the replacement has exactly the instruction's
-            token count.
+        corrupt: return ``corrupted(...)`` of the clean prompts with the same seed (the
+            instruction replaced by unrelated words of the same token length).
     """
     if not task.instructions:
         raise ValueError(f"task {task.name!r} has no instructions; add some to its JSON file "
                          "or use icl_prompts")
     qs = _pairs(queries if queries is not None else task)
     if isinstance(instruction, int):
+        if not -len(task.instructions) <= instruction < len(task.instructions):
+            raise ValueError(f"instruction index {instruction} out of range: task "
+                             f"{task.name!r} has {len(task.instructions)} instructions")
         chosen = [task.instructions[instruction]] * len(qs)
     elif isinstance(instruction, Instruction):
         chosen = [instruction] * len(qs)
     else:
         chosen = [task.instructions[i % len(task.instructions)] for i in range(len(qs))]
+    rows = [_split_frames(ins.text, ins.frame) + _instruction_tail(q, template)
+            for ins, q in zip(chosen, qs)]
+    clean = _build(model, rows, qs, "instruction", template,
+                   instructions=[ins.text for ins in chosen])
+    return corrupted(model, clean, seed=seed) if corrupt else clean
+
+
+def corrupted(model: HookedTransformer, clean: PromptBatch, *, seed: int = 0) -> PromptBatch:
+    """The corrupted twin of a clean batch, row for row (the baseline of causal mediation).
+
+    ICL rows keep their query and their demonstrations in order; the demonstrations' labels
+    are deranged so that no demonstration shows its own label (Todd et al. 2024, §2.2).
+    Instruction rows keep their query; the instruction becomes whole words drawn (seeded) from
+    the vocabulary's one-token lower-case words, as many as the instruction has tokens, so the
+    prompt keeps its token length (Davidson et al.).
+
+    Args:
+        clean: an ``icl`` or ``instruction`` batch from ``icl_prompts``/``instruction_prompts``.
+        seed: seeds the derangement or the word draw.
+
+    Raises:
+        ValueError: another kind of batch, or labels that cannot be deranged (one label is
+            more than half of a row's demonstrations).
+    """
     rng = random.Random(seed)
-    rows = []
-    for ins, q in zip(chosen, qs):
-        text = ins.text
-        if corrupt:
-            text = _neutral_text(model, len(tokenize(model, ins.text)[0]) -
-                                 int(model.cfg.default_prepend_bos), rng)
-            parts = [(text, "context")]
-        else:
-            parts = _split_frames(text, ins.frame)
-        parts.append((template.instruction_suffix, "context"))
-        parts.append((template.query.format(x=q.input), None))
-        rows.append(parts)
-    return _build(model, rows, qs, "instruction_corrupted" if corrupt else "instruction",
-                  template)
+    template = clean.template
+    if clean.kind == "icl":
+        demos = []
+        for i, row in enumerate(clean.demonstrations):
+            outputs = derangement([d.output for d in row], rng, what=f"row {i}'s labels")
+            demos.append(tuple(Pair(input=d.input, output=y) for d, y in zip(row, outputs)))
+        rows = [_icl_parts(d, q, template) for d, q in zip(demos, clean.queries)]
+        return _build(model, rows, list(clean.queries), "icl_shuffled", template,
+                      demonstrations=demos)
+    if clean.kind == "instruction":
+        texts = []
+        for text in clean.instructions:
+            if text is None:
+                raise ValueError("an instruction batch row has no instruction to corrupt")
+            n_tokens = len(tokenize(model, text)[0]) - int(_adds_bos(model))
+            texts.append(_neutral_text(model, n_tokens, rng))
+        rows = [[(t, "context")] + _instruction_tail(q, template)
+                for t, q in zip(texts, clean.queries)]
+        return _build(model, rows, list(clean.queries), "instruction_corrupted", template,
+                      instructions=texts)
+    raise ValueError(f"cannot derive a corrupted batch from a {clean.kind!r} batch; pass the "
+                     "clean 'icl' or 'instruction' batch it should mirror")
+
+
+def derangement(items: Sequence[str], rng: random.Random, *, what: str = "labels"
+                ) -> list[str]:
+    """A seeded permutation of ``items`` in which no position keeps its own value.
+
+    Possible exactly when no value fills more than half the positions; a random shuffle is
+    tried first, then the sorted sequence shifted by the largest multiplicity (always valid
+    under that condition).
+
+    Raises:
+        ValueError: when no such permutation exists (the message names the repeated value).
+    """
+    items = list(items)
+    n = len(items)
+    if n == 0:
+        return []
+    value, m = Counter(items).most_common(1)[0]
+    if 2 * m > n:
+        raise ValueError(f"cannot shuffle {what} so that none keeps its own: {value!r} is {m} "
+                         f"of {n}; use more shots or a task whose outputs vary more")
+    for _ in range(200):
+        perm = items[:]
+        rng.shuffle(perm)
+        if all(a != b for a, b in zip(perm, items)):
+            return perm
+    order = sorted(range(n), key=lambda i: items[i])
+    out = [""] * n
+    for j, i in enumerate(order):
+        out[i] = items[order[(j + m) % n]]
+    return out
 
 
 # --- internals ---------------------------------------------------------------------------
@@ -231,19 +212,25 @@ def _pairs(x: Task | Sequence[Pair]) -> list[Pair]:
     return list(x.pairs) if isinstance(x, Task) else list(x)
 
 
-def _derangement(items: list[str], rng: random.Random) -> list[str]:
-    """A permutation that moves every position (when the labels are not all equal)."""
-    if len(set(items)) < 2:
-        return list(items)
-    for _ in range(100):
-        perm = items[:]
-        rng.shuffle(perm)
-        if all(a != b for a, b in zip(perm, items)):
-            return perm
-    return perm
+def _adds_bos(model: HookedTransformer) -> bool:
+    return bool(model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None)
 
 
-def _split_frames(text: str, frame: Sequence[str]) -> list[tuple[str, str | None]]:
+def _instruction_tail(q: Pair, template: Template) -> Parts:
+    return [(template.instruction_suffix, "context"), (template.query.format(x=q.input), None)]
+
+
+def _icl_parts(demos: Sequence[Pair], q: Pair, template: Template) -> Parts:
+    parts: Parts = []
+    for d in demos:
+        parts.append((template.query.format(x=d.input), "context"))
+        parts.append((template.answer_prefix + d.output, "frame"))
+        parts.append((template.demo_suffix, "context"))
+    parts.append((template.query.format(x=q.input), None))
+    return parts
+
+
+def _split_frames(text: str, frame: Sequence[str]) -> Parts:
     """Split an instruction into ("frame" | "context") pieces at its frame substrings."""
     marks = [0] * len(text)
     for f in frame:
@@ -262,13 +249,15 @@ def _split_frames(text: str, frame: Sequence[str]) -> list[tuple[str, str | None
     return parts
 
 
-_NEUTRAL_CACHE: dict[int, list[str]] = {}
+# Per tokenizer object (weakly held, so a new tokenizer at a reused address is never confused
+# with a collected one).
+_NEUTRAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _neutral_words(model: HookedTransformer) -> list[str]:
     """Lower-case words that are one token both alone and after a space (cached per tokenizer)."""
     tok = model.tokenizer
-    if id(tok) not in _NEUTRAL_CACHE:
+    if tok not in _NEUTRAL_CACHE:
         words = []
         for i in range(tok.vocab_size):
             s = tok.decode([i])
@@ -279,8 +268,8 @@ def _neutral_words(model: HookedTransformer) -> list[str]:
         if not words:
             raise ValueError("the tokenizer has no single-token words to build a neutral "
                              "instruction from")
-        _NEUTRAL_CACHE[id(tok)] = words
-    return _NEUTRAL_CACHE[id(tok)]
+        _NEUTRAL_CACHE[tok] = words
+    return _NEUTRAL_CACHE[tok]
 
 
 def _neutral_text(model: HookedTransformer, n_tokens: int, rng: random.Random) -> str:
@@ -289,8 +278,9 @@ def _neutral_text(model: HookedTransformer, n_tokens: int, rng: random.Random) -
     return " ".join(rng.choice(words) for _ in range(max(n_tokens, 1)))
 
 
-def _build(model: HookedTransformer, rows: list[list[tuple[str, str | None]]],
-           queries: list[Pair], kind: str, template: Template) -> PromptBatch:
+def _build(model: HookedTransformer, rows: list[Parts], queries: list[Pair], kind: str,
+           template: Template, *, demonstrations: Sequence[tuple[Pair, ...]] | None = None,
+           instructions: Sequence[str | None] | None = None) -> PromptBatch:
     if not rows:
         raise ValueError("no queries to build prompts from")
     targets, _ = target_ids(model, [q.output for q in queries], template=template)
@@ -298,21 +288,30 @@ def _build(model: HookedTransformer, rows: list[list[tuple[str, str | None]]],
     for parts in rows:
         text = "".join(p for p, _ in parts)
         ids, offsets = tokenize(model, text)
-        spans = {"frame": [], "context": []}
+        spans: dict[str, list[tuple[int, int]]] = {"frame": [], "context": []}
         pos = 0
         for piece, role in parts:
             if role is not None:
                 spans[role].append((pos, pos + len(piece)))
             pos += len(piece)
-        frame = _positions(offsets, spans["frame"])
-        context = _positions(offsets, spans["frame"] + spans["context"])
         all_ids.append(ids)
         texts.append(text)
-        frames.append(frame)
-        contexts.append(context)
-    pad = model.tokenizer.pad_token_id
-    pad = pad if pad is not None else (model.tokenizer.eos_token_id or 0)
-    return _pack(all_ids, targets, texts, queries, frames, contexts, kind, pad_id=pad)
+        frames.append(_positions(offsets, spans["frame"]))
+        contexts.append(_positions(offsets, spans["frame"] + spans["context"]))
+    return PromptBatch.from_rows(all_ids, targets, kind=kind, pad_id=pad_token_id(model),
+                                 texts=texts, queries=queries, frames=frames, contexts=contexts,
+                                 demonstrations=demonstrations, instructions=instructions,
+                                 template=template)
+
+
+def pad_token_id(model: HookedTransformer) -> int:
+    """The tokenizer's pad token, else its EOS token, else 0."""
+    tok = model.tokenizer
+    if tok is None:
+        return 0
+    if tok.pad_token_id is not None:
+        return tok.pad_token_id
+    return tok.eos_token_id if tok.eos_token_id is not None else 0
 
 
 def _positions(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -322,22 +321,3 @@ def _positions(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> 
         if b > a and any(a < e and s < b for s, e in spans):
             out.append(i)
     return tuple(out)
-
-
-def _pack(rows: list[list[int]], targets: list[int], texts, queries, frames, contexts,
-          kind: str, *, pad_id: int) -> PromptBatch:
-    width = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    shifted_frames, shifted_contexts = [], []
-    for i, r in enumerate(rows):
-        pad = width - len(r)
-        tokens[i, pad:] = torch.tensor(r, dtype=torch.long)
-        mask[i, pad:] = 1
-        shifted_frames.append(tuple(p + pad for p in frames[i]))
-        shifted_contexts.append(tuple(p + pad for p in contexts[i]))
-    return PromptBatch(tokens=tokens, attention_mask=mask,
-                       targets=torch.tensor(targets, dtype=torch.long), texts=tuple(texts),
-                       queries=tuple(queries), frame_positions=tuple(shifted_frames),
-                       context_positions=tuple(shifted_contexts), kind=kind,
-                       pad_id=pad_id)

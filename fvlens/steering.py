@@ -125,6 +125,11 @@ class DistributedFV:
             torch.zeros(0, model.cfg.d_head)
         return cls(heads=heads, means=means)
 
+    def first_layer(self, model: HookedTransformer) -> int:
+        """The lowest block this DFV edits (``n_layers`` when it has no heads): everything
+        below is unchanged by it."""
+        return min((layer for layer, _ in self.heads), default=model.cfg.n_layers)
+
     def hooks(self, *, scale: float = 1.0) -> HookList:
         """Hook list, one hook per layer that has selected heads."""
         by_layer: dict[int, list[int]] = {}

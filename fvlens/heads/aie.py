@@ -28,7 +28,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.HookedTransformer import apply_softcap
 
-from fvlens.evaluate import _forward_last, _unembed_last
+from fvlens.forward import final_logits, forward_last
 from fvlens.hooks import HookList, hook_name
 from fvlens.prompts import PromptBatch
 
@@ -68,7 +68,7 @@ def indirect_effects_reference(
         ``[batch, n_layers, n_heads]`` indirect effects on the target's probability.
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    base = torch.cat([_target_probs(_forward_last(model, c.tokens, c.attention_mask), c.targets)
+    base = torch.cat([_target_probs(forward_last(model, c.tokens, c.attention_mask), c.targets)
                       for c in corrupted.chunks(batch_size)])
     out = torch.zeros(len(corrupted), n_layers, n_heads)
     bar = tqdm(total=n_layers * n_heads, desc="AIE (reference)", disable=not progress)
@@ -78,7 +78,7 @@ def indirect_effects_reference(
             with model.hooks(fwd_hooks=patch_head_hooks(layer, head, mean_z[layer, head])):
                 for c in corrupted.chunks(batch_size):
                     probs.append(_target_probs(
-                        _forward_last(model, c.tokens, c.attention_mask), c.targets))
+                        forward_last(model, c.tokens, c.attention_mask), c.targets))
             out[:, layer, head] = torch.cat(probs) - base
             bar.update()
     bar.close()
@@ -161,9 +161,7 @@ def _indirect_effects_kv_cache(model, corrupted, mean_z, *, batch_size, progress
                 x = model(resid, start_at_layer=layer, stop_at_layer=n_layers,
                           attention_mask=full_mask.repeat_interleave(n_heads, dim=0),
                           past_kv_cache=rows_cache)
-            if cfg.normalization_type is not None:
-                x = model.ln_final(x)
-            logits = apply_softcap(model.unembed(x), cfg.output_logits_soft_cap)[:, -1]
+            logits = final_logits(model, x[:, -1])
             probs = _target_probs(logits, chunk.targets.repeat_interleave(n_heads))
             out[row:row + p, layer] = probs.view(p, n_heads) - base[:, None]
             bar.update()
@@ -224,7 +222,7 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
                       (hook_name("resid_mid", layer), lambda x, hook: keep(x, hook, True)),
                       (hook_name("z", layer), lambda x, hook: keep(x, hook, True))]
         with model.hooks(fwd_hooks=hooks):
-            base = _target_probs(_forward_last(model, tokens, mask), chunk.targets)
+            base = _target_probs(forward_last(model, tokens, mask), chunk.targets)
         # 2. Layer by layer, one row per (prompt, patched head). A head of layer L enters as
         #    a change of L's attention output; its row then carries only the last token
         #    through the layers above L, together with the rows of every lower layer's heads
@@ -248,7 +246,7 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
         assert x is not None
         targets = chunk.targets.repeat_interleave(n_layers * n_heads)
         flat = x.reshape(p * n_layers * n_heads, 1, -1)
-        probs = torch.cat([_target_probs(_unembed_last(model, flat[i:i + UNEMBED_ROWS]),
+        probs = torch.cat([_target_probs(final_logits(model, flat[i:i + UNEMBED_ROWS, -1]),
                                          targets[i:i + UNEMBED_ROWS])
                            for i in range(0, len(flat), UNEMBED_ROWS)])
         out[row:row + p] = probs.view(p, n_layers, n_heads) - base[:, None, None]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from fvlens.activations import mean_head_activations
-from fvlens.evaluate import evaluate
+from fvlens.forward import forward_last, map_chunks, ranks_of
 from fvlens.heads.aie import indirect_effects
 from fvlens.heads.scores import HeadScores
 from fvlens.prompts import PromptBatch
@@ -100,7 +100,10 @@ def attnlrp_head_relevance(
 
     if frame not in ("answers", "context"):
         raise ValueError(f"frame must be 'answers' or 'context', got {frame!r}")
-    keep = (evaluate(model, clean).ranks < LRP_TOP).nonzero()[:, 0]
+    with torch.no_grad():
+        ranks = torch.cat(map_chunks(clean, lambda c: ranks_of(
+            forward_last(model, c.tokens, c.attention_mask), c.targets).cpu()))
+    keep = (ranks < LRP_TOP).nonzero()[:, 0]
     if len(keep) == 0:
         return torch.zeros(0, model.cfg.n_layers, model.cfg.n_heads)
     samples = clean.select(keep)
