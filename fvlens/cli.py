@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from fvlens.provenance import write_results
+from fvlens.tables import format_table
 
 __all__ = ["main"]
 
@@ -22,16 +24,48 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers ≥ 1 (empty allowed)."""
+    try:
+        values = tuple(int(t) for t in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers ≥ 1 such as 10,40; got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be ≥ 1; got {text!r}")
+    return values
 
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(out)
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def output_dir(path: str | Path) -> Path:
+    """Check that ``path`` is (or can become) a writable directory, before any work is done.
+
+    Raises:
+        ValueError: the path is a file, cannot be created, or is not writable.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory (results.json and "
+                         "report.html are written into it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fvlens-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--out {out} is not a writable directory ({err.strerror or err}); "
+                         "choose another path") from None
+    return out
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -42,7 +76,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         t = load_task(name)
         rows.append({"task": name, "pairs": len(t), "instructions": len(t.instructions),
                      "description": t.description[:60]})
-    print(_table(rows, ["task", "pairs", "instructions", "description"]))
+    print(format_table(rows, ["task", "pairs", "instructions", "description"]))
     return 0
 
 
@@ -50,81 +84,104 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from fvlens.evaluate import baseline
     from fvlens.models import load_model
     from fvlens.provenance import machine, versions
-    from fvlens.tasks import load_task
-
-    from fvlens.tasks import list_tasks
+    from fvlens.tasks import list_tasks, load_task
 
     names = list_tasks() if args.tasks == "all" else _csv(args.tasks)
+    if not names:
+        raise ValueError("--tasks is empty: name tasks (see `fvlens tasks`) or use 'all'")
     tasks = [load_task(t) for t in names]
+    out = output_dir(args.out) if args.out else None
+    if args.shots < 0:
+        raise ValueError(f"--shots must be ≥ 0, got {args.shots}")
+    modes = ("zero_shot", "icl", "instruction") if args.shots else ("zero_shot", "instruction")
     model = load_model(args.model)
     results = {"model": args.model, "settings": {
-        "shots": args.shots, "n_test": args.n_test, "seed": args.seed,
+        "shots": args.shots, "n_test": args.n_test, "seed": args.seed, "modes": list(modes),
         "processing": model.fvlens_meta["processing"]},
         "versions": versions(), "machine": machine(), "tasks": {}}
     t0 = time.perf_counter()
     for task in tasks:
         results["tasks"][task.name] = baseline(model, task, shots=args.shots, n_test=args.n_test,
-                                               seed=args.seed)
+                                               seed=args.seed, modes=modes)
+        if out is not None:  # keep what is done if the run is stopped
+            write_results(out, results)
     results["seconds"] = time.perf_counter() - t0
     rows = [{"task": name} | r for name, r in results["tasks"].items()]
-    print(_table(rows, ["task", "n", "zero_shot_top1", "icl_top1", "instruction_top1",
-                        "icl_top3", "n_multi_token_targets"]))
-    if args.out:
-        print(f"wrote {write_results(Path(args.out), results)}")
+    columns = ["task", "n", "zero_shot_top1"] + (["icl_top1"] if args.shots else [])
+    print(format_table(rows, columns + ["instruction_top1"] + (["icl_top3"] if args.shots else [])
+                       + ["n_multi_token_targets"]))
+    if out is not None:
+        print(f"wrote {write_results(out, results)}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from fvlens.models import load_model
-    from fvlens.pipeline import RunConfig, run
+    from fvlens.pipeline import run
+    from fvlens.plan import RunConfig
+    from fvlens.tasks import load_task
 
     cfg = RunConfig(
         tasks=tuple(_csv(args.tasks)), prompt_mode=args.prompt_mode,
         select=tuple(_csv(args.select)), inject=tuple(_csv(args.inject)), k=args.k,
-        k_sweep=tuple(int(k) for k in _csv(args.k_sweep)), heads=args.heads, shots=args.shots,
-        n_samples=args.samples, n_test=args.n_test, seed=args.seed, aie_impl=args.aie_impl,
-        frame=args.frame)
-    from fvlens.tasks import load_task
-
+        k_sweep=args.k_sweep, heads=args.heads, shots=args.shots, n_samples=args.samples,
+        n_test=args.n_test, seed=args.seed, aie_impl=args.aie_impl, frame=args.frame)
     for t in cfg.tasks:  # fail before the model loads
         load_task(t)
+    out = output_dir(args.out)
     model = load_model(args.model)
-    results = run(model, cfg)
-    results["model"] = args.model
-    print(_summary_table(results))
-    out = Path(args.out)
-    print(f"wrote {write_results(out, results)}")
-    try:
-        from fvlens.report import write_report
-    except ImportError:  # pragma: no cover - the report module ships with fvlens
-        return 0
+
+    def save(partial) -> None:
+        write_results(out, dataclasses.replace(partial, model=args.model).to_json())
+
+    result = dataclasses.replace(run(model, cfg, on_task=save), model=args.model)
+    print(_summary_table(result))
+    print(f"wrote {write_results(out, result.to_json())}")
+    from fvlens.report import write_report
+
     print(f"wrote {write_report(out)}")
+    skipped = {n: t.skipped for n, t in result.tasks.items() if t.skipped}
+    if skipped and len(skipped) == len(result.tasks):
+        print("fvlens: error: every task was skipped:\n" + "\n".join(
+            f"  {n}: {why}" for n, why in skipped.items()), file=sys.stderr)
+        return 1
     return 0
 
 
-def _summary_table(results: dict) -> str:
+def _summary_table(result) -> str:
+    """One row per task: n, the baselines (named by what they measure) and each steered
+    top-1 with its layer (FV) or scale (DFV); flags and skip reasons in a note column."""
+    mode = result.settings.get("prompt_mode", "icl")
     rows = []
-    for name, r in results["tasks"].items():
-        row = {"task": name, "n": r.get("n", 0), "zero-shot": r.get("zero_shot_top1", ""),
-               "icl": r.get("icl_top1", r.get("instruction_top1", ""))}
-        for method, inj in r.get("steered", {}).items():
+    for name, r in result.tasks.items():
+        row = {"task": name, "n": r.n if r.n is not None else 0}
+        for key, label in (("zero_shot", "zero-shot"), (mode, f"{mode} prompt"),
+                           ("instruction", "instruction prompt")):
+            if key in r.baselines and label not in row:
+                row[label] = r.baselines[key].top1
+        for method, inj in r.steered.items():
             for kind, res in inj.items():
-                extra = f"@L{res['layer']}" if "layer" in res else f"x{res.get('scale', 1):g}"
-                row[f"{method}/{kind}"] = f"{res['top1']:.3f} {extra}"
-        if "skipped" in r:
-            row["note"] = r["skipped"][:60]
+                extra = f"@L{res.layer}" if res.layer is not None else f"x{res.scale:g}"
+                row[f"{method}/{kind}"] = f"{res.accuracy.top1:.3f} {extra}"
+        note = r.skipped or "; ".join(r.flags)
+        if note:
+            row["note"] = note[:70]
         rows.append(row)
-    columns = ["task", "n", "zero-shot", "icl"]
+    columns = ["task", "n"]
     for row in rows:
-        columns += [c for c in row if c not in columns]
+        columns += [c for c in row if c not in columns and c != "note"]
+    if any("note" in row for row in rows):
+        columns.append("note")
     timing = "  ".join(f"{m}: {t['samples_per_min']:.1f} samples/min"
-                       for m, t in results.get("timing", {}).items() if t.get("samples_per_min"))
-    return _table(rows, columns) + (f"\nhead selection: {timing}" if timing else "")
+                       for m, t in result.timing.items() if t.get("samples_per_min"))
+    return format_table(rows, columns) + (f"\nhead selection: {timing}" if timing else "")
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from fvlens.generation import steer_report
     from fvlens.models import load_model
+    from fvlens.pipeline import steer_report
     from fvlens.tasks import load_task
 
     load_task(args.task)  # fail before the model loads
@@ -165,12 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", default="capitalize,present-past,country-capital",
                    help="task names or paths, or 'all' for every built-in task")
     s.add_argument("--shots", type=int, default=10)
-    s.add_argument("--n-test", type=int, default=50, help="test queries per task")
+    s.add_argument("--n-test", type=_positive_int, default=50, help="test queries per task")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="directory for results.json")
     s.set_defaults(func=cmd_baseline)
 
-    from fvlens.pipeline import DEFAULT_TASKS
+    from fvlens.tasks import DEFAULT_TASKS
 
     s = sub.add_parser("run", help="the main job: select heads, build FV/DFV, evaluate, report")
     s.add_argument("--model", default="smollm2-135m")
@@ -178,12 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-mode", default="icl", choices=["icl", "instruction"])
     s.add_argument("--select", default="aie", help="aie, attnlrp or both: aie,attnlrp")
     s.add_argument("--inject", default="fv,dfv")
-    s.add_argument("--k", type=int, default=20, help="heads per vector")
-    s.add_argument("--k-sweep", default="", help="extra K values to evaluate, e.g. 10,40")
+    s.add_argument("--k", type=_positive_int, default=20, help="heads per vector")
+    s.add_argument("--k-sweep", type=_int_list, default=(),
+                   help="extra K values to evaluate, e.g. 10,40")
     s.add_argument("--heads", default="per-task", choices=["per-task", "global"])
     s.add_argument("--shots", type=int, default=10)
-    s.add_argument("--samples", type=int, default=25, help="head-scoring samples per task")
-    s.add_argument("--n-test", type=int, default=50)
+    s.add_argument("--samples", type=_positive_int, default=25,
+                   help="head-scoring samples per task")
+    s.add_argument("--n-test", type=_positive_int, default=50)
     s.add_argument("--aie-impl", default="fast", choices=["fast", "reference"])
     s.add_argument("--frame", default="answers", choices=["answers", "context"],
                    help="AttnLRP frame in ICL prompts")
@@ -221,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+    except (ValueError, OSError, NotImplementedError) as err:
         print(f"fvlens: error: {err}", file=sys.stderr)
         return 2
 

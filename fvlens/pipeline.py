@@ -1,10 +1,11 @@
 """The main job: per task, select heads, build FV and DFV, and measure zero-shot accuracy.
 
-Splits (all seeded): a task's pairs split into train and test (``Task.split``). Train
-queries give the clean prompts whose mean head activations make the vectors, the samples head
-scoring uses, and a validation set on which the FV's injection layer and the DFV's scale are
-chosen. Test queries are used only for the reported numbers, and only those the reference
-prompt (ICL, or instruction in instruction mode) answers correctly (Todd et al.).
+``run`` prepares every task once (``fvlens.plan.prepare_task``), scores heads per method
+(optionally averaged into global heads), then evaluates on the test split: only the test
+queries the reference prompt (ICL, or instruction in instruction mode) answers correctly count
+(Todd et al.). One unsteered pass over those zero-shot queries keeps a residual cache from
+which every steered evaluation (FV at its layer, DFV from its lowest head, the K sweep)
+resumes. Returns a typed ``fvlens.results.RunResult``; ``steer_report`` is ``fvlens steer``.
 """
 
 from __future__ import annotations
@@ -12,329 +13,225 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable
 
-from jaxtyping import Float
-from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.activations import mean_head_activations
-from fvlens.evaluate import Evaluation, evaluate, layer_sweep
-from fvlens.heads.scores import Head, HeadScores
-from fvlens.heads.select import METHODS, score_heads
-from fvlens.prompts import PromptBatch, icl_prompts, instruction_prompts, zero_shot_prompts
+from fvlens.evaluate import Evaluation, evaluate
+from fvlens.generation import side_by_side
+from fvlens.heads.scores import HeadScores
+from fvlens.injection import ResidualCache, residual_cache, steered_evaluation
+from fvlens.plan import (DEFAULT_TASKS, INJECTIONS, RunConfig, TaskPlan, build_vectors,
+                         extract_vectors, prepare_task, reference_prompts, score_task)
+from fvlens.prompts import instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.provenance import machine, versions
+from fvlens.results import Accuracy, Failure, RunResult, Steered, TaskResult
 from fvlens.steering import DistributedFV, FunctionVector
-from fvlens.tasks import Pair, Task, load_task
+from fvlens.tasks import load_task
 
-__all__ = ["RunConfig", "TaskData", "Vectors", "prepare_task", "extract_vectors", "run",
-           "DEFAULT_TASKS"]
+__all__ = ["RunConfig", "DEFAULT_TASKS", "INJECTIONS", "run", "run_task", "extract_vectors",
+           "steer_report", "STEER_INJECT", "MIN_N", "MAX_ZERO_SHOT"]
 
-# Tasks SmolLM2-135M does in context (10-shot ICL top-1 ≥ 0.5) while zero-shot is ≈ 0.
-DEFAULT_TASKS = ("capitalize", "present-past", "singular-plural", "antonym",
-                 "capitalize_first_letter",
-                 "choose_first_of_3")
-INJECTIONS = ("fv", "dfv")
+MIN_N = 20            # fewer kept test queries than this: the task is flagged "small test set"
+MAX_ZERO_SHOT = 0.5   # unsteered zero-shot top-1 at or above this: flagged, nothing to steer
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Settings of ``fvlens run`` (every field is recorded in results.json)."""
-
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    prompt_mode: str = "icl"
-    select: tuple[str, ...] = ("aie",)
-    inject: tuple[str, ...] = INJECTIONS
-    k: int = 20
-    k_sweep: tuple[int, ...] = ()
-    heads: str = "per-task"
-    shots: int = 10
-    n_mean: int = 30
-    n_samples: int = 25
-    n_val: int = 25
-    n_test: int = 50
-    test_fraction: float = 0.3
-    dfv_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
-    global_min_icl: float = 0.25
-    aie_impl: str = "fast"
-    frame: str = "answers"
-    n_failures: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.prompt_mode not in ("icl", "instruction"):
-            raise ValueError(f"prompt_mode must be 'icl' or 'instruction', got {self.prompt_mode!r}")
-        bad = set(self.select) - set(METHODS)
-        if bad or not self.select:
-            raise ValueError(f"unknown selection methods {sorted(bad)}; choose from {METHODS}")
-        bad = set(self.inject) - set(INJECTIONS)
-        if bad or not self.inject:
-            raise ValueError(f"unknown injections {sorted(bad)}; choose from {INJECTIONS}")
-        if self.heads not in ("per-task", "global"):
-            raise ValueError(f"heads must be 'per-task' or 'global', got {self.heads!r}")
-        for name in ("k", "shots", "n_mean", "n_samples", "n_val", "n_test"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TaskData:
-    """A task's splits and prompts, and its mean head activations."""
-
-    task: Task
-    mean_queries: tuple[Pair, ...]
-    val_queries: tuple[Pair, ...]
-    test_queries: tuple[Pair, ...]
-    clean: PromptBatch
-    mean_z: Float[Tensor, "n_layers n_heads d_head"]
-    clean_accuracy: float
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Vectors:
-    """A task's vectors per selection method, with the sweeps that chose their settings."""
-
-    data: TaskData
-    scores: dict[str, HeadScores]
-    fv: dict[str, FunctionVector]
-    dfv: dict[str, DistributedFV]
-    dfv_scale: dict[str, float]
-    layer_sweep: dict[str, dict[int, float]]
-    scale_sweep: dict[str, dict[float, float]]
-
-
-def _reference_prompts(model, task: Task, queries, demos, cfg: RunConfig, *, seed: int,
-                       corrupt: bool = False) -> PromptBatch:
-    if cfg.prompt_mode == "icl":
-        return icl_prompts(model, queries, demos, shots=cfg.shots, seed=seed,
-                           shuffle_labels=corrupt)
-    return instruction_prompts(model, task, queries, corrupt=corrupt, seed=seed)
-
-
-def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskData:
-    """Split the task, build the clean prompts and take their mean head activations."""
-    train, test = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)
-    pairs = list(train.sample(len(train), seed=cfg.seed).pairs)
-    if len(pairs) < cfg.shots + 4:
-        raise ValueError(f"task {task.name!r} has {len(pairs)} training pairs, too few for "
-                         f"{cfg.shots}-shot prompts")
-    n_mean = min(cfg.n_mean, len(pairs) // 2)
-    mean_q, val_q = pairs[:n_mean], pairs[n_mean:n_mean + cfg.n_val]
-    test_q = list(test.pairs)
-    if len(test_q) > cfg.n_test:
-        test_q = list(test.sample(cfg.n_test, seed=cfg.seed).pairs)
-    clean = _reference_prompts(model, task, mean_q, train, cfg, seed=cfg.seed)
-    ev = evaluate(model, clean)
-    mean_z = mean_head_activations(model, clean)
-    return TaskData(task=task, mean_queries=tuple(mean_q), val_queries=tuple(val_q),
-                    test_queries=tuple(test_q), clean=clean, mean_z=mean_z,
-                    clean_accuracy=ev.top1)
-
-
-def score_task(model: HookedTransformer, data: TaskData, method: str, cfg: RunConfig,
-               *, progress: bool = False) -> HeadScores:
-    """Head scores of one task by one method, on ``cfg.n_samples`` training prompts."""
-    train_pool = data.mean_queries + data.val_queries
-    rng_seed = cfg.seed + 1
-    queries = Task(name=data.task.name, description="", pairs=train_pool).sample(
-        min(cfg.n_samples, len(train_pool)), seed=rng_seed).pairs
-    clean = _reference_prompts(model, data.task, queries, train_pool, cfg, seed=rng_seed)
-    corrupted = None
-    if method == "aie":
-        corrupted = _reference_prompts(model, data.task, queries, train_pool, cfg,
-                                       seed=rng_seed, corrupt=True)
-    return score_heads(model, clean, method=method, corrupted=corrupted, mean_z=data.mean_z,
-                       task=data.task.name, frame=cfg.frame, aie_impl=cfg.aie_impl,
-                       progress=progress)
-
-
-def _val_batch(model, data: TaskData) -> PromptBatch:
-    return zero_shot_prompts(model, data.val_queries or data.mean_queries)
-
-
-def choose_layer(model: HookedTransformer, fv: FunctionVector, val: PromptBatch
-                 ) -> tuple[int, dict[int, float]]:
-    """The injection layer with the best validation top-1 (ties: lower mean rank)."""
-    evs = layer_sweep(model, val, fv.vector)
-    sweep = {layer: ev.top1 for layer, ev in evs.items()}
-    ranks = {layer: float(ev.ranks.float().mean()) for layer, ev in evs.items()}
-    best = max(sweep, key=lambda layer: (sweep[layer], -ranks[layer]))
-    return best, sweep
-
-
-def choose_scale(model: HookedTransformer, dfv: DistributedFV, val: PromptBatch,
-                 scales: Sequence[float]) -> tuple[float, dict[float, float]]:
-    """The DFV scale with the best validation top-1 (ties: the smaller scale)."""
-    sweep = {float(s): evaluate(model, val, fwd_hooks=dfv.hooks(scale=s)).top1 for s in scales}
-    best = max(sorted(sweep), key=lambda s: sweep[s])
-    return best, sweep
-
-
-def build_vectors(model: HookedTransformer, data: TaskData, heads: Sequence[Head],
-                  cfg: RunConfig) -> tuple[FunctionVector, dict, DistributedFV, float, dict]:
-    """FV (layer chosen on validation) and DFV (scale chosen on validation) from ``heads``."""
-    val = _val_batch(model, data)
-    fv = FunctionVector.from_heads(model, data.mean_z, heads)
-    layer, layer_sweep = choose_layer(model, fv, val) if "fv" in cfg.inject else (0, {})
-    dfv = DistributedFV.from_heads(model, data.mean_z, heads)
-    scale, scale_sweep = (choose_scale(model, dfv, val, cfg.dfv_scales) if "dfv" in cfg.inject
-                          else (1.0, {}))
-    return fv.with_layer(layer), layer_sweep, dfv, scale, scale_sweep
-
-
-def extract_vectors(model: HookedTransformer, task: str | Task, *, select: Sequence[str] = ("aie",),
-                    k: int = 20, seed: int = 0, prompt_mode: str = "icl",
-                    progress: bool = False, **config) -> Vectors:
-    """Select heads and build a task's FV and DFV per method (the vectors only, no test).
-
-    Args:
-        task: a task name, path or Task.
-        select: head-selection methods.
-        k: heads per vector.
-        config: any other ``RunConfig`` field (shots, n_mean, n_samples, …).
-    """
-    task = task if isinstance(task, Task) else load_task(task)
-    cfg = RunConfig(tasks=(task.name,), select=tuple(select), k=k, seed=seed,
-                    prompt_mode=prompt_mode, **config)
-    data = prepare_task(model, task, cfg)
-    out = Vectors(data=data, scores={}, fv={}, dfv={}, dfv_scale={}, layer_sweep={},
-                  scale_sweep={})
-    for method in cfg.select:
-        scores = score_task(model, data, method, cfg, progress=progress)
-        fv, lsweep, dfv, scale, ssweep = build_vectors(model, data, scores.top_k(k), cfg)
-        out.scores[method], out.fv[method], out.dfv[method] = scores, fv, dfv
-        out.dfv_scale[method], out.layer_sweep[method], out.scale_sweep[method] = \
-            scale, lsweep, ssweep
-    return out
-
-
-# --- the main job ------------------------------------------------------------------------
-
-
-def _failures(model, batch: PromptBatch, ev: Evaluation, n: int) -> list[dict]:
+def _failures(model: HookedTransformer, queries, ev: Evaluation, n: int) -> tuple[Failure, ...]:
     rows = []
     for i in (ev.ranks > 0).nonzero()[:, 0].tolist()[:n]:
-        rows.append({"input": batch.queries[i].input, "target": batch.queries[i].output,
-                     "prediction": model.tokenizer.decode([int(ev.predictions[i])]),
-                     "rank": int(ev.ranks[i])})
-    return rows
+        rows.append(Failure(input=queries[i].input, target=queries[i].output,
+                            prediction=model.tokenizer.decode([int(ev.predictions[i])]),
+                            rank=int(ev.ranks[i])))
+    return tuple(rows)
 
 
-def _summary(ev: Evaluation) -> dict[str, float]:
-    return {"top1": ev.top1, "top3": ev.top3, "mean_rank": float(ev.ranks.float().mean())}
+def _flags(res_n: int, zero_shot: float, n_multi: int) -> tuple[str, ...]:
+    flags = []
+    if res_n < MIN_N:
+        flags.append(f"small test set: {res_n} queries (< {MIN_N}); intervals are wide")
+    if zero_shot >= MAX_ZERO_SHOT:
+        flags.append(f"zero-shot already answers {zero_shot:.2f} (≥ {MAX_ZERO_SHOT}) of the "
+                     "kept queries: steering has little to show")
+    if n_multi:
+        flags.append(f"{n_multi} of the targets are several tokens; only the first is scored")
+    return tuple(flags)
 
 
-def run_task(model: HookedTransformer, data: TaskData, scores: dict[str, HeadScores],
-             cfg: RunConfig) -> dict:
+def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadScores],
+             cfg: RunConfig) -> TaskResult:
     """Baselines and steered zero-shot accuracy of one task on its test queries."""
-    task = data.task
-    train_pool = data.mean_queries + data.val_queries
-    reference = _reference_prompts(model, task, data.test_queries, train_pool, cfg, seed=cfg.seed)
+    task = plan.task
+    reference = reference_prompts(model, task, plan.test_queries, plan.train_pool, cfg,
+                                  seed=cfg.seed)
     ref_ev = evaluate(model, reference)
-    keep = ref_ev.correct.nonzero()[:, 0]
-    out: dict = {"n_test": len(data.test_queries), "n": int(len(keep)),
-                 f"{cfg.prompt_mode}_top1": ref_ev.top1, f"{cfg.prompt_mode}_top3": ref_ev.top3,
-                 "mean_activation_prompts": len(data.clean),
-                 "mean_activation_accuracy": data.clean_accuracy}
+    baselines = {cfg.prompt_mode: Accuracy.of(ref_ev)}
     if cfg.prompt_mode == "icl" and task.instructions:
-        ins = instruction_prompts(model, task, data.test_queries, seed=cfg.seed)
-        out["instruction_top1"] = evaluate(model, ins).top1
-    if len(keep) == 0:
-        out["skipped"] = f"the {cfg.prompt_mode} prompt answers no test query correctly"
-        return out
-    zs = zero_shot_prompts(model, [data.test_queries[i] for i in keep.tolist()])
-    zs_ev = evaluate(model, zs)
-    out["zero_shot_top1"], out["zero_shot_top3"] = zs_ev.top1, zs_ev.top3
-    out["steered"], out["heads"], out["failures"] = {}, {}, {}
-    out["head_scores"], out["k_sweep"] = {}, {}
+        ins = instruction_prompts(model, task, plan.test_queries, seed=cfg.seed)
+        baselines["instruction"] = Accuracy.of(evaluate(model, ins))
+    keep = ref_ev.correct.nonzero()[:, 0].tolist()
+    common = dict(n_test=len(plan.test_queries), n=len(keep),
+                  mean_activation_prompts=len(plan.clean),
+                  mean_activation_accuracy=plan.clean_accuracy)
+    if not keep:
+        fix = ("the model may not follow these instructions: try --prompt-mode icl or an "
+               "instruction-tuned model" if cfg.prompt_mode == "instruction"
+               else "try more --shots or another task")
+        return TaskResult(baselines=baselines, **common,
+                          skipped=f"the {cfg.prompt_mode} prompt answers none of the "
+                                  f"{len(plan.test_queries)} test queries correctly; {fix}")
+    queries = [plan.test_queries[i] for i in keep]
+    zs = zero_shot_prompts(model, queries)
+    cache = residual_cache(model, zs)
+    baselines["zero_shot"] = Accuracy.of(cache.unsteered)
+    n_multi = target_ids(model, [q.output for q in queries])[1]
+    steered, heads, k_sweep = {}, {}, {}
     for method, sc in scores.items():
-        heads = sc.top_k(cfg.k)
-        fv, lsweep, dfv, scale, ssweep = build_vectors(model, data, heads, cfg)
-        res, fails = {}, {}
+        top = sc.top_k(cfg.k)
+        fv, lsweep, dfv, scale, ssweep = build_vectors(model, plan, top, cfg)
+        res = {}
         if "fv" in cfg.inject:
-            ev = evaluate(model, zs, fwd_hooks=fv.hooks())
-            res["fv"] = _summary(ev) | {"layer": fv.layer,
-                                        "layer_sweep": {str(k): v for k, v in lsweep.items()}}
-            fails["fv"] = _failures(model, zs, ev, cfg.n_failures)
+            ev = steered_evaluation(model, cache, start=fv.layer + 1, vector=fv.vector)
+            res["fv"] = Steered(accuracy=Accuracy.of(ev), layer=fv.layer, layer_sweep=lsweep,
+                                failures=_failures(model, queries, ev, cfg.n_failures))
         if "dfv" in cfg.inject:
-            ev = evaluate(model, zs, fwd_hooks=dfv.hooks(scale=scale))
-            res["dfv"] = _summary(ev) | {"scale": scale,
-                                         "scale_sweep": {str(k): v for k, v in ssweep.items()}}
-            fails["dfv"] = _failures(model, zs, ev, cfg.n_failures)
-        out["steered"][method], out["failures"][method] = res, fails
-        out["heads"][method] = [list(h) for h in heads]
-        out["head_scores"][method] = sc.to_json()
+            ev = steered_evaluation(model, cache, start=dfv.first_layer(model),
+                                    fwd_hooks=dfv.hooks(scale=scale))
+            res["dfv"] = Steered(accuracy=Accuracy.of(ev), scale=scale, scale_sweep=ssweep,
+                                 failures=_failures(model, queries, ev, cfg.n_failures))
+        steered[method], heads[method] = res, tuple(top)
         if cfg.k_sweep:
-            out["k_sweep"][method] = _k_sweep(model, data, sc, zs, fv.layer, scale, cfg)
-    if len(scores) == 2:
-        a, b = (scores[m] for m in cfg.select)
-        out["head_overlap"] = a.overlap(b, cfg.k)
-    return out
+            k_sweep[method] = _k_sweep(model, plan, sc, cache, fv.layer, scale, cfg)
+    overlap = None
+    if len(scores) >= 2:
+        a, b = (scores[m] for m in cfg.select[:2])
+        overlap = a.overlap(b, cfg.k)
+    return TaskResult(baselines=baselines, **common, steered=steered, heads=heads,
+                      head_scores=dict(scores), k_sweep=k_sweep, head_overlap=overlap,
+                      n_multi_token_targets=n_multi,
+                      flags=_flags(len(keep), cache.unsteered.top1, n_multi))
 
 
-def _k_sweep(model, data: TaskData, sc: HeadScores, zs: PromptBatch, layer: int, scale: float,
-             cfg: RunConfig) -> dict:
+def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
+             layer: int, scale: float, cfg: RunConfig) -> dict[str, dict[int, float]]:
     """Test top-1 for each K at the layer and scale chosen for the default K."""
-    out: dict[str, dict[str, float]] = {inj: {} for inj in cfg.inject}
+    out: dict[str, dict[int, float]] = {inj: {} for inj in cfg.inject}
     for k in cfg.k_sweep:
-        heads = sc.top_k(min(k, sc.scores.numel()))
+        heads = sc.top_k(k)
         if "fv" in cfg.inject:
-            fv = FunctionVector.from_heads(model, data.mean_z, heads, layer=layer)
-            out["fv"][str(k)] = evaluate(model, zs, fwd_hooks=fv.hooks()).top1
+            fv = FunctionVector.from_heads(model, plan.mean_z, heads)
+            out["fv"][k] = steered_evaluation(model, cache, start=layer + 1,
+                                              vector=fv.vector).top1
         if "dfv" in cfg.inject:
-            dfv = DistributedFV.from_heads(model, data.mean_z, heads)
-            out["dfv"][str(k)] = evaluate(model, zs, fwd_hooks=dfv.hooks(scale=scale)).top1
+            dfv = DistributedFV.from_heads(model, plan.mean_z, heads)
+            out["dfv"][k] = steered_evaluation(model, cache, start=dfv.first_layer(model),
+                                               fwd_hooks=dfv.hooks(scale=scale)).top1
     return out
 
 
-def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True) -> dict:
-    """The main job over ``cfg.tasks``; returns the results.json dictionary."""
+def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
+        on_task: Callable[[RunResult], None] | None = None) -> RunResult:
+    """The main job over ``cfg.tasks``.
+
+    Args:
+        model: the model.
+        cfg: the settings (checked against the model before any work).
+        progress: show progress bars.
+        on_task: called with the results so far after each finished task (e.g. to write
+            results.json as the run goes).
+
+    Returns:
+        The run's results (``.to_json()`` is results.json).
+    """
+    cfg.check_model(model)
     tasks = [load_task(t) for t in cfg.tasks]
-    results: dict = {"model": model.fvlens_meta["name"] if hasattr(model, "fvlens_meta")
-                     else model.cfg.model_name,
-                     "settings": dataclasses.asdict(cfg) | {
-                         "processing": getattr(model, "fvlens_meta", {}).get("processing")},
-                     "versions": versions(), "machine": machine(), "tasks": {}, "timing": {}}
+    meta = getattr(model, "fvlens_meta", {})
+    result = RunResult(model=meta.get("name", model.cfg.model_name),
+                       settings=dataclasses.asdict(cfg) | {"processing": meta.get("processing")},
+                       versions=versions(), machine=machine())
     t_start = time.perf_counter()
-    datas: dict[str, TaskData] = {}
+    plans: dict[str, TaskPlan] = {}
     scores: dict[str, dict[str, HeadScores]] = {}
     timing = {m: {"samples": 0, "seconds": 0.0} for m in cfg.select}
-    bar = tqdm(tasks, desc="fvlens run", disable=not progress)
+    bar = tqdm(tasks, desc="fvlens run: heads", disable=not progress)
     for task in bar:
         bar.set_postfix_str(task.name)
         try:
-            datas[task.name] = prepare_task(model, task, cfg)
+            plans[task.name] = prepare_task(model, task, cfg)
         except ValueError as err:
             warnings.warn(f"task {task.name} skipped: {err}", stacklevel=2)
-            results["tasks"][task.name] = {"skipped": str(err)}
+            result.tasks[task.name] = TaskResult(skipped=str(err))
             continue
         scores[task.name] = {}
         for method in cfg.select:
-            sc = score_task(model, datas[task.name], method, cfg)
+            sc = score_task(model, plans[task.name], method, cfg)
             scores[task.name][method] = sc
             timing[method]["samples"] += sc.n_samples
             timing[method]["seconds"] += sc.meta["seconds"]
+    global_tasks = None
     if cfg.heads == "global" and scores:
-        scores = _globalise(scores, datas, cfg)
-        results["global_tasks"] = sorted(next(iter(scores.values()))[cfg.select[0]].tasks)
-    for name, data in tqdm(datas.items(), desc="steering", disable=not progress):
-        results["tasks"][name] = run_task(model, data, scores[name], cfg)
-    for method, t in timing.items():
+        scores, global_tasks = _globalise(scores, plans, cfg)
+    for name, plan in tqdm(plans.items(), desc="fvlens run: steering", disable=not progress):
+        result.tasks[name] = run_task(model, plan, scores[name], cfg)
+        if on_task is not None:
+            on_task(result)
+    for t in timing.values():
         t["samples_per_min"] = 60 * t["samples"] / t["seconds"] if t["seconds"] else None
-    results["timing"] = timing
-    results["seconds"] = time.perf_counter() - t_start
-    return results
+    return dataclasses.replace(result, timing=timing, seconds=time.perf_counter() - t_start,
+                               global_tasks=global_tasks)
 
 
-def _globalise(scores: dict[str, dict[str, HeadScores]], datas: dict[str, TaskData],
-               cfg: RunConfig) -> dict[str, dict[str, HeadScores]]:
+def _globalise(scores: dict[str, dict[str, HeadScores]], plans: dict[str, TaskPlan],
+               cfg: RunConfig) -> tuple[dict[str, dict[str, HeadScores]], tuple[str, ...]]:
     """One head set for all tasks: scores averaged over the tasks where the reference prompt
     beats chance (accuracy on the mean-activation prompts ≥ ``cfg.global_min_icl``)."""
-    include = [n for n, d in datas.items() if d.clean_accuracy >= cfg.global_min_icl]
+    include = [n for n, p in plans.items() if p.clean_accuracy >= cfg.global_min_icl]
     if not include:
         raise ValueError(f"no task reaches {cfg.prompt_mode} accuracy "
                          f"{cfg.global_min_icl}; lower global_min_icl or use per-task heads")
     merged = {m: HeadScores.aggregate({n: scores[n][m] for n in scores}, include=include)
               for m in cfg.select}
-    return {name: dict(merged) for name in scores}
+    return {name: dict(merged) for name in scores}, tuple(sorted(include))
+
+
+STEER_INJECT = INJECTIONS
+
+
+def steer_report(model: HookedTransformer, prompt: str, *, task: str, select: str = "aie",
+                 inject: str = "fv", k: int = 20, max_new_tokens: int = 20, seed: int = 0,
+                 **config) -> dict:
+    """Build a task's vector and generate with and without it (the ``fvlens steer`` command).
+
+    The vector comes from ``fvlens.plan.extract_vectors``: an FV at the injection layer
+    chosen on the task's validation split, or a DFV at the scale chosen there.
+
+    Args:
+        prompt: the prompt to continue.
+        task: the task name (or path) the vector is extracted for.
+        select: head-selection method.
+        inject: "fv" (averaged FV at its chosen layer) or "dfv" (distributed FV).
+        k: number of heads.
+        max_new_tokens: tokens to generate (greedy).
+        seed: seeds the extraction.
+        config: other ``extract_vectors`` settings (``n_mean``, ``n_samples``, ``shots`` …).
+
+    Returns:
+        A JSON-ready dict: the settings, the vector's heads, layer (FV) or scale (DFV), and the
+        ``side_by_side`` continuations ``prompt``/``unsteered``/``steered``.
+    """
+    if inject not in STEER_INJECT:
+        raise ValueError(f"unknown inject {inject!r}; choose one of {STEER_INJECT}")
+    vectors = extract_vectors(model, task, select=(select,), k=k, seed=seed,
+                              inject=(inject,), **config)
+    table = vectors.fv if inject == "fv" else vectors.dfv
+    if select not in table:
+        raise ValueError(f"no {inject} for select={select!r}; have {sorted(table)}")
+    vector = table[select]
+    if isinstance(vector, FunctionVector):
+        layer, scale = vector.layer, 1.0
+    else:
+        layer, scale = None, float(vectors.dfv_scale.get(select, 1.0))
+    texts = side_by_side(model, prompt, vector, max_new_tokens=max_new_tokens, scale=scale)
+    return {"task": task, "select": select, "inject": inject, "k": k, "seed": seed,
+            "max_new_tokens": max_new_tokens, "layer": layer, "scale": scale,
+            "heads": [list(h) for h in vector.heads], **texts}

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fvlens.heads.scores import Head, HeadScores
 
-__all__ = ["head_map", "head_map_compare", "k_sweep", "layer_sweep", "save", "scale_sweep",
+__all__ = ["as_json", "head_map", "head_map_compare", "k_sweep", "layer_sweep", "save", "scale_sweep",
            "task_bars", "timing", "token_relevance"]
 
 PALETTE = qualitative.Plotly
@@ -36,7 +36,13 @@ COMPARE_STYLE = {"shared": ("circle", "#2ca02c"), "only_a": ("triangle-up", "#ff
 
 # -- helpers -----------------------------------------------------------------------------------
 
+def as_json(results: Any) -> Any:
+    """A ``fvlens.results.RunResult`` as its results.json dictionary; anything else as is."""
+    return results.to_json() if hasattr(results, "to_json") else results
+
+
 def _tasks(results: Mapping[str, Any]) -> dict[str, dict]:
+    results = as_json(results)
     tasks = results.get("tasks") if isinstance(results, Mapping) else None
     if not isinstance(tasks, Mapping) or not tasks:
         raise ValueError("results has no 'tasks'; pass the dict loaded from the results.json "
@@ -187,7 +193,8 @@ def task_bars(results: Mapping[str, Any]) -> go.Figure:
         fig.add_trace(go.Bar(name=label, x=list(vals), y=list(vals.values()),
                              marker_color=PALETTE[i % len(PALETTE)],
                              hovertemplate="%{x}<br>" + label + ": %{y:.3f}<extra></extra>"))
-    fig.update_layout(barmode="group", title=f"top-1 accuracy · {results.get('model', '')}",
+    fig.update_layout(barmode="group",
+                      title=f"top-1 accuracy · {as_json(results).get('model', '')}",
                       xaxis_title="task", yaxis=dict(title="top-1 accuracy", range=[0, 1.02]))
     return fig
 
@@ -306,6 +313,7 @@ def timing(results: Mapping[str, Any]) -> go.Figure:
     Returns:
         Figure: one Bar, x = method (``forward`` is the plain forward-pass reference).
     """
+    results = as_json(results)
     entries = results.get("timing") if isinstance(results, Mapping) else None
     rates: dict[str, float] = {}
     for name, rec in (entries or {}).items():

@@ -135,6 +135,21 @@ def _settings_section(results: Mapping[str, Any]) -> str:
     return '<div class="meta">' + "\n".join(parts) + "</div>"
 
 
+def _ci(value: Any) -> str:
+    """`` [lo, hi]`` of a 95% interval, or "" when absent or malformed."""
+    if isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value):
+        return f" <small>[{value[0]:.2f}, {value[1]:.2f}]</small>"
+    return ""
+
+
+def _accuracy_cell(rec: Mapping[str, Any], key: str) -> str:
+    """A baseline's top-1 with its 95% interval (``key`` ends in ``_top1``)."""
+    value = rec.get(key)
+    if not _number(value):
+        return _td(value, num=True)
+    return f'<td class="num">{_fmt(float(value))}{_ci(rec.get(key + "_ci95"))}</td>'
+
+
 def _combo_cell(out: Any) -> str:
     """top-1 of one (selection × injection), with the injection layer and scale if given."""
     out = _mapping(out)
@@ -146,7 +161,7 @@ def _combo_cell(out: Any) -> str:
     if _number(out.get("scale")):
         extra.append(f"×{out['scale']:g}")
     note = f" <small>{_esc(' '.join(extra))}</small>" if extra else ""
-    return f'<td class="num">{_fmt(float(out["top1"]))}{note}</td>'
+    return f'<td class="num">{_fmt(float(out["top1"]))}{_ci(out.get("top1_ci95"))}{note}</td>'
 
 
 def _summary_section(tasks: Mapping[str, Any]) -> str:
@@ -155,7 +170,8 @@ def _summary_section(tasks: Mapping[str, Any]) -> str:
     baselines = [(label, key) for label, key in _BASELINES
                  if any(key in _mapping(rec) for rec in tasks.values())]
     combos = _combinations(tasks)
-    skipped = any("skipped" in _mapping(rec) for rec in tasks.values())
+    skipped = any("skipped" in _mapping(rec) or _mapping(rec).get("flags")
+                  for rec in tasks.values())
     header = ["task", "n"] + [label for label, _ in baselines] + [f"{m} {i}" for m, i in combos]
     header += ["note"] if skipped else []
     rows = []
@@ -163,15 +179,20 @@ def _summary_section(tasks: Mapping[str, Any]) -> str:
         rec = _mapping(rec)
         steered = _mapping(rec.get("steered"))
         cells = [f"<th>{_esc(task)}</th>", _td(rec.get("n"), num=True)]
-        cells += [_td(rec.get(key), num=True) for _, key in baselines]
+        cells += [_accuracy_cell(rec, key) for _, key in baselines]
         cells += [_combo_cell(_mapping(steered.get(m)).get(i)) for m, i in combos]
         if skipped:
             note = rec.get("skipped")
-            cells.append(f"<td>skipped: {_esc(note)}</td>" if note is not None else "<td></td>")
+            flags = rec.get("flags") if isinstance(rec.get("flags"), list) else []
+            text = (f"skipped: {_esc(note)}" if note is not None
+                    else "<br>".join(f"⚠ {_esc(f)}" for f in flags))
+            cells.append(f'<td class="note">{text}</td>')
         rows.append(cells)
-    legend = ("<p>First-token top-1 accuracy on the test queries. Steered columns are "
-              "<em>selection injection</em>; <small>L</small> is the layer the vector was added "
-              "at, <small>×</small> its scale.</p>" if combos else "")
+    legend = ("<p>First-token top-1 accuracy on the test queries, with its 95% Wilson "
+              "interval in brackets. Steered columns are <em>selection injection</em>; "
+              "<small>L</small> is the layer the vector was added at, <small>×</small> its "
+              "scale. Flagged tasks (⚠) should not be read at face value.</p>"
+              if combos else "")
     return legend + _table(header, rows, cls="summary")
 
 
@@ -309,14 +330,16 @@ def build_report(results: dict, *, title: str | None = None) -> str:
     """The HTML text of the report of one run.
 
     Args:
-        results: the dict of ``results.json`` written by ``fvlens run`` (every key optional).
+        results: a ``fvlens.results.RunResult``, or the dict of ``results.json`` written by
+            ``fvlens run`` (every key optional: the report shows what is there).
         title: page title; default ``"fvlens report · <model>"``.
 
     Returns:
         A complete HTML page with plotly.js inlined once (no network needed to view it).
     """
+    results = plots.as_json(results)
     if not isinstance(results, Mapping):
-        raise ValueError(f"results must be the dict loaded from results.json, got "
+        raise ValueError(f"results must be a RunResult or the dict loaded from results.json, got "
                          f"{type(results).__name__}")
     tasks = _mapping(results.get("tasks"))
     if title is None:
