@@ -44,7 +44,7 @@ def bench_finetune(model, tasks, steps: int) -> tuple[dict, dict]:
         base = FinetuneConfig(steps=steps)
         vec = {m: extract_vectors(model, name, select=(m,), k=base.k, seed=base.seed)
                for m in ("aie", "attnlrp")}
-        task = vec["aie"].data.task
+        task = vec["aie"].plan.task
         _, _, test_q = split_pairs(task, base)
         train, _ = task.split(test_fraction=base.test_fraction, seed=base.seed)
         zs = zero_shot_prompts(model, test_q)
@@ -129,7 +129,8 @@ def bench_analogies(model, bank_dir: Path, steps: int) -> dict:
 
 def bench_similarity(model, ratings: Path, steps: int) -> dict:
     from fvlens.relational.finetune import FinetuneConfig
-    from fvlens.relational.similarity import read_ratings, run_similarity
+    from fvlens.relational.ratings import read_ratings
+    from fvlens.relational.similarity import run_similarity
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(init="zeros", pairs=16, batch_size=8, steps=steps, val_fraction=0.25,

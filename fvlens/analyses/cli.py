@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fvlens.provenance import write_results
+from fvlens.tables import format_table
 
 __all__ = ["add_parsers", "cmd_strategies", "cmd_transfer", "cmd_frames", "main"]
 
@@ -32,12 +33,6 @@ def _provenance(model, model_name: str, settings: dict) -> dict:
             "versions": versions(), "machine": machine()}
 
 
-def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    from fvlens.cli import _table as table
-
-    return table(rows, columns)
-
-
 def _save_figures(out: Path, figures: dict) -> None:
     from fvlens.plots import save
 
@@ -51,9 +46,9 @@ def _save_figures(out: Path, figures: dict) -> None:
 def cmd_strategies(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from fvlens.analyses.depth import depth_summary, layer_curves, scale_curves
-    from fvlens.analyses.strategies import (StrategyConfig, cosine_heatmap, run_strategies,
-                                            strategy_bars)
+    from fvlens.analyses.depth import depth_summary
+    from fvlens.analyses.figures import cosine_heatmap, layer_curves, scale_curves, strategy_bars
+    from fvlens.analyses.strategies import StrategyConfig, run_strategies
     from fvlens.models import load_model
     from fvlens.tasks import load_task
 
@@ -87,13 +82,13 @@ def cmd_strategies(args: argparse.Namespace) -> int:
                          "tuned (layer, scale)": f"{r['tuned']['layer']}, "
                                                  f"{r['tuned']['scale']:g}",
                          "tuned test top1": r["tuned"]["test_top1"]})
-    print(_table(rows, ["task", "strategy", "n", "zero-shot", "icl", "best layer", "val top1",
+    print(format_table(rows, ["task", "strategy", "n", "zero-shot", "icl", "best layer", "val top1",
                         "test top1", "tuned (layer, scale)", "tuned test top1"]))
     for name, rec in results["tasks"].items():
         if "cosine" in rec:
             c = rec["cosine"]
             print(f"\n{name}: cosine at layer {next(iter(c['layers'].values()))}")
-            print(_table([{"": a} | {b: c["matrix"][i][j] for j, b in enumerate(c["names"])}
+            print(format_table([{"": a} | {b: c["matrix"][i][j] for j, b in enumerate(c["names"])}
                           for i, a in enumerate(c["names"])], [""] + c["names"]))
         if "gradient_vs_aie" in rec:
             print(f"gradient vs AIE head scores: {rec['gradient_vs_aie']}")
@@ -196,7 +191,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
             "–" if res.a_kind[i][j] is None else f"{res.a_kind[i][j]:.2f}")
             for j, b in enumerate(res.targets)})
     print("top-1 on B / A-kind rate")
-    print(_table(rows, ["A \\ B", *res.targets]))
+    print(format_table(rows, ["A \\ B", *res.targets]))
     out = Path(args.out)
     _save_figures(out, {"transfer": transfer_heatmaps(res)})
     print(f"wrote {write_results(out, results)}")
@@ -254,7 +249,7 @@ def cmd_frames(args: argparse.Namespace) -> int:
     if survey_tasks:
         survey = following_survey(model, survey_tasks, seed=args.seed)
         results["survey"] = survey
-        print(_table([{"task": t, "instruction": r["instruction"][:48], "top1": r["top1"],
+        print(format_table([{"task": t, "instruction": r["instruction"][:48], "top1": r["top1"],
                        "top5": r["top5"]} for t, rows in survey.items() for r in rows],
                      ["task", "instruction", "top1", "top5"]))
     rows = []
@@ -284,7 +279,7 @@ def cmd_frames(args: argparse.Namespace) -> int:
             write_results(out, results)
     results["seconds"] = time.perf_counter() - t0
     if rows:
-        print(_table(rows, list(rows[0])))
+        print(format_table(rows, list(rows[0])))
     elif not survey_tasks:
         print("no instruction had samples; see the skipped reasons above")
     _save_figures(out, figures)

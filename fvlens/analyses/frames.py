@@ -155,10 +155,8 @@ def edit_instruction(batch: PromptBatch, positions: Sequence[Sequence[int]],
                      drop: Sequence[int], *, replace_with: int | None = None) -> PromptBatch:
     """The batch with instruction tokens ``drop`` (indices into each row's ``positions``)
     removed, or replaced by the token ``replace_with``; re-padded on the left."""
-    from fvlens.analyses.strategies import concat_batches
-
     drop = set(drop)
-    rows = []
+    rows, frames, contexts = [], [], []
     for i in range(len(batch)):
         pad = int(batch.n_pad[i])
         gone = {positions[i][d] for d in drop}
@@ -173,12 +171,14 @@ def edit_instruction(batch: PromptBatch, positions: Sequence[Sequence[int]],
             if p in old_ctx:
                 context.append(len(ids))
             ids.append(tok)
-        rows.append(PromptBatch(
-            tokens=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            targets=batch.targets[i:i + 1], texts=(batch.texts[i],),
-            queries=(batch.queries[i],), frame_positions=(tuple(frame),),
-            context_positions=(tuple(context),), kind=batch.kind, pad_id=batch.pad_id))
-    return concat_batches(rows)
+        rows.append(ids)
+        frames.append(frame)
+        contexts.append(context)
+    return PromptBatch.from_rows(rows, batch.targets.tolist(), kind=batch.kind,
+                                 pad_id=batch.pad_id, texts=batch.texts, queries=batch.queries,
+                                 frames=frames, contexts=contexts,
+                                 demonstrations=batch.demonstrations,
+                                 instructions=batch.instructions, template=batch.template)
 
 
 def with_frame(batch: PromptBatch, positions: Sequence[Sequence[int]], frame: Sequence[int]
@@ -276,8 +276,8 @@ def _fv_accuracy(model: HookedTransformer, samples: PromptBatch, frame_batch: Pr
                  task: Task, val: PromptBatch, test: PromptBatch, k: int) -> dict[str, Any]:
     """AttnLRP heads read at the batch's frame → FV (mean over the samples) → zero-shot."""
     from fvlens.activations import mean_head_activations
-    from fvlens.evaluate import layer_sweep
     from fvlens.heads.select import score_heads
+    from fvlens.injection import best_layer, layer_sweep
     from fvlens.steering import FunctionVector
 
     scores = score_heads(model, frame_batch, method="attnlrp", task=task.name, progress=False)
@@ -285,7 +285,7 @@ def _fv_accuracy(model: HookedTransformer, samples: PromptBatch, frame_batch: Pr
     mean_z = mean_head_activations(model, samples, only_correct=False)
     fv = FunctionVector.from_heads(model, mean_z, heads)
     sweep = layer_sweep(model, val, fv.vector)
-    layer = max(sweep, key=lambda L: (sweep[L].top1, -float(sweep[L].ranks.float().mean())))
+    layer = best_layer(sweep)
     ev = evaluate(model, test, fwd_hooks=fv.hooks(layer))
     return {"heads": [list(h) for h in heads], "layer": layer, "val_top1": sweep[layer].top1,
             "test_top1": ev.top1, "test_top3": ev.top3, "scores": scores}

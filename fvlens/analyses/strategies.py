@@ -26,32 +26,31 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import plotly.graph_objects as go
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.analyses.depth import (DEFAULT_SCALES, TaskVector, best_layer,
-                                   best_layer_and_scale, layer_sweep,
-                                   residual_cache, scale_sweep)
+from fvlens.analyses.contrast import BASELINES, Contrast, contrast_pass, paired_icl_prompts
+from fvlens.analyses.depth import TaskVector
 from fvlens.evaluate import evaluate
+from fvlens.heads.gradient import attribution_scores
 from fvlens.heads.scores import HeadScores
-from fvlens.hooks import frozen_parameters, hook_name
-from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
+from fvlens.injection import (DEFAULT_SCALES, best_layer, best_layer_and_scale, layer_sweep,
+                              residual_cache, scale_sweep, steered_evaluation)
+from fvlens.plan import RunConfig, prepare_task, score_task
+from fvlens.prompts import icl_prompts, zero_shot_prompts
 from fvlens.steering import FunctionVector
-from fvlens.tasks import Pair, Task, load_task
+from fvlens.tasks import Task, load_task
 
-__all__ = ["STRATEGIES", "StrategyConfig", "Contrast", "paired_icl_prompts", "contrast_pass",
-           "mean_difference", "pca_direction", "gradient_scores", "build_strategies",
-           "cosine_matrix", "run_strategies", "extract_vector", "CHEAP_STRATEGIES",
-           "concat_batches", "cosine_heatmap",
-           "strategy_bars"]
+__all__ = ["STRATEGIES", "StrategyConfig", "mean_difference", "pca_direction",
+           "gradient_scores", "build_strategies", "cosine_matrix", "run_strategies",
+           "extract_vector", "CHEAP_STRATEGIES", "BASELINES", "Contrast",
+           "contrast_pass", "paired_icl_prompts"]
 
 STRATEGIES = ("fv_aie", "fv_attnlrp", "fv_gradient", "mean_diff", "pca", "mean_diff_zs",
               "pca_zs")
 DEFAULT_STRATEGIES = ("fv_aie", "mean_diff", "pca", "fv_gradient", "mean_diff_zs", "pca_zs")
-BASELINES = ("shuffled", "zero_shot")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -101,174 +100,6 @@ class StrategyConfig:
         if not (self.common_layer == "fv" or isinstance(self.common_layer, int)):
             raise ValueError(f"common_layer must be 'fv' or a layer index, got "
                              f"{self.common_layer!r}")
-
-
-# --- paired prompts and the contrast pass ------------------------------------------------
-
-
-def concat_batches(batches: Sequence[PromptBatch]) -> PromptBatch:
-    """One left-padded batch with the rows of ``batches`` in order (same kind and pad id)."""
-    if not batches:
-        raise ValueError("concat_batches needs at least one batch")
-    rows = []
-    for b in batches:
-        for i in range(len(b)):
-            pad = int(b.n_pad[i])
-            rows.append((b.tokens[i, pad:], int(b.targets[i]), b.texts[i], b.queries[i],
-                         tuple(p - pad for p in b.frame_positions[i]),
-                         tuple(p - pad for p in b.context_positions[i])))
-    width = max(len(r[0]) for r in rows)
-    tokens = torch.full((len(rows), width), batches[0].pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    frames, contexts = [], []
-    for i, (tok, *_rest, frame, context) in enumerate(rows):
-        pad = width - len(tok)
-        tokens[i, pad:], mask[i, pad:] = tok, 1
-        frames.append(tuple(p + pad for p in frame))
-        contexts.append(tuple(p + pad for p in context))
-    return PromptBatch(tokens=tokens, attention_mask=mask,
-                       targets=torch.tensor([r[1] for r in rows], dtype=torch.long),
-                       texts=tuple(r[2] for r in rows), queries=tuple(r[3] for r in rows),
-                       frame_positions=tuple(frames), context_positions=tuple(contexts),
-                       kind=batches[0].kind, pad_id=batches[0].pad_id)
-
-
-def paired_icl_prompts(model: HookedTransformer, queries: Sequence[Pair],
-                       demonstrations: Task | Sequence[Pair], *, shots: int = 10, seed: int = 0
-                       ) -> tuple[PromptBatch, PromptBatch]:
-    """Clean and shuffled-label ICL prompts whose row i shares query and demonstrations."""
-    clean, corrupted = [], []
-    for i, q in enumerate(queries):
-        clean.append(icl_prompts(model, [q], demonstrations, shots=shots, seed=seed + i))
-        corrupted.append(icl_prompts(model, [q], demonstrations, shots=shots, seed=seed + i,
-                                     shuffle_labels=True))
-    return concat_batches(clean), concat_batches(corrupted)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Contrast:
-    """Last-token activations of paired clean/corrupted prompts (and gradients on the latter).
-
-    Attributes:
-        clean_resid: ``hook_resid_post`` of every layer at the last token, clean prompts.
-        corrupted_resid: the same on the corrupted prompts.
-        clean_correct: whether the clean prompt's top-1 is its target.
-        z_clean: every head's ``hook_z`` at the last token, clean prompts.
-        z_corrupted: every head's ``hook_z`` at the last token, corrupted prompts.
-        grad_z: ∂P(target)/∂``hook_z`` at the last token, corrupted prompts.
-        zero_shot_resid: ``hook_resid_post`` at the last token of the zero-shot prompts of the
-            same queries (None when not run).
-    """
-
-    clean_resid: Float[Tensor, "n n_layers d_model"]
-    corrupted_resid: Float[Tensor, "n n_layers d_model"]
-    clean_correct: Bool[Tensor, " n"]
-    z_clean: Float[Tensor, "n n_layers n_heads d_head"]
-    z_corrupted: Float[Tensor, "n n_layers n_heads d_head"]
-    grad_z: Float[Tensor, "n n_layers n_heads d_head"]
-    zero_shot_resid: Float[Tensor, "n n_layers d_model"] | None = None
-
-    def __post_init__(self) -> None:
-        n = self.clean_resid.shape[0]
-        for name in ("corrupted_resid", "clean_correct", "z_clean", "z_corrupted", "grad_z"):
-            if getattr(self, name).shape[0] != n:
-                raise ValueError(f"Contrast.{name} has {getattr(self, name).shape[0]} rows, "
-                                 f"clean_resid {n}")
-        if self.zero_shot_resid is not None and self.zero_shot_resid.shape[0] != n:
-            raise ValueError(f"Contrast.zero_shot_resid has {self.zero_shot_resid.shape[0]} "
-                             f"rows, clean_resid {n}")
-
-    def mean_z(self) -> Float[Tensor, "n_layers n_heads d_head"]:
-        """Mean head activations over the correctly answered clean prompts (Todd et al.)."""
-        if not self.clean_correct.any():
-            raise ValueError("the model answers none of the clean prompts correctly: no mean "
-                             "activation; use more shots or another task")
-        return self.z_clean[self.clean_correct].mean(0)
-
-    def differences(self, baseline: str = "shuffled") -> Float[Tensor, "n n_layers d_model"]:
-        """Per-prompt clean − baseline residuals ("shuffled" or "zero_shot" baseline)."""
-        if baseline == "shuffled":
-            return self.clean_resid - self.corrupted_resid
-        if baseline != "zero_shot":
-            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        if self.zero_shot_resid is None:
-            raise ValueError("this Contrast has no zero-shot residuals; pass zero_shot=… to "
-                             "contrast_pass")
-        return self.clean_resid - self.zero_shot_resid
-
-
-def _last_position_pass(model: HookedTransformer, batch: PromptBatch, *, grad: bool
-                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """resid_post and z of every layer at the last token, P(target), and ∂P/∂z if ``grad``."""
-    n_layers = model.cfg.n_layers
-    resid: list[Tensor | None] = [None] * n_layers
-    zs: list[Tensor | None] = [None] * n_layers
-
-    def grab_resid(x: Tensor, hook) -> None:
-        resid[hook.layer()] = x[:, -1].detach().float().cpu()
-
-    def grab_z(z: Tensor, hook) -> None:
-        zs[hook.layer()] = z
-
-    def leaf(x: Tensor, hook) -> Tensor:
-        return x.detach().requires_grad_(True)
-
-    hooks = [(hook_name("resid_post", layer), grab_resid) for layer in range(n_layers)]
-    hooks += [(hook_name("z", layer), grab_z) for layer in range(n_layers)]
-    if grad:
-        hooks = [("hook_embed", leaf)] + hooks
-    device = model.cfg.device
-    with frozen_parameters(model), torch.set_grad_enabled(grad), model.hooks(fwd_hooks=hooks):
-        x = model(batch.tokens.to(device), attention_mask=batch.attention_mask.to(device),
-                  stop_at_layer=n_layers)[:, -1]
-        if model.cfg.normalization_type is not None:
-            x = model.ln_final(x)
-        logits = model.unembed(x[:, None])[:, 0]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        probs = logits.softmax(-1).gather(1, batch.targets.to(logits.device)[:, None])[:, 0]
-        grads = None
-        if grad:
-            full = torch.autograd.grad(probs.sum(), zs)  # type: ignore[arg-type]
-            grads = torch.stack([g[:, -1].float().cpu() for g in full], dim=1)
-    z_last = torch.stack([z[:, -1].detach().float().cpu() for z in zs], dim=1)  # type: ignore
-    correct = logits.detach().argmax(-1).cpu() == batch.targets
-    return torch.stack(resid, dim=1), z_last, grads, probs.detach().cpu(), correct  # type: ignore
-
-
-def contrast_pass(model: HookedTransformer, clean: PromptBatch, corrupted: PromptBatch, *,
-                  zero_shot: PromptBatch | None = None, batch_size: int = 8) -> Contrast:
-    """Residuals of paired prompts; on the corrupted ones also z and ∂P(target)/∂z.
-
-    Args:
-        clean: clean ICL prompts.
-        corrupted: their shuffled-label twins, row for row (``paired_icl_prompts``).
-        zero_shot: optionally the zero-shot prompts of the same queries, row for row.
-        batch_size: rows per pass (rows are independent, so one backward of the summed
-            probabilities gives every row's own gradient).
-    """
-    if len(clean) != len(corrupted) or (zero_shot is not None and len(zero_shot) != len(clean)):
-        raise ValueError(f"{len(clean)} clean but {len(corrupted)} corrupted prompts; pair "
-                         "them with paired_icl_prompts")
-    c_resid, c_z, c_correct, x_resid, x_z, x_grad = [], [], [], [], [], []
-    for chunk in clean.chunks(batch_size):
-        resid, z, _, _, correct = _last_position_pass(model, chunk, grad=False)
-        c_resid.append(resid)
-        c_z.append(z)
-        c_correct.append(correct)
-    for chunk in corrupted.chunks(batch_size):
-        resid, z, grads, _, _ = _last_position_pass(model, chunk, grad=True)
-        x_resid.append(resid)
-        x_z.append(z)
-        x_grad.append(grads)
-    z_resid = None
-    if zero_shot is not None:
-        z_resid = torch.cat([_last_position_pass(model, chunk, grad=False)[0]
-                             for chunk in zero_shot.chunks(batch_size)])
-    return Contrast(clean_resid=torch.cat(c_resid), corrupted_resid=torch.cat(x_resid),
-                    zero_shot_resid=z_resid,
-                    clean_correct=torch.cat(c_correct), z_clean=torch.cat(c_z),
-                    z_corrupted=torch.cat(x_z),
-                    grad_z=torch.cat(x_grad))
 
 
 # --- the strategies ----------------------------------------------------------------------
@@ -330,17 +161,9 @@ def pca_direction(contrast: Contrast, *, only_correct: bool = True, center: bool
 
 def gradient_scores(contrast: Contrast, mean_z: Float[Tensor, "n_layers n_heads d_head"], *,
                     task: str = "task") -> HeadScores:
-    """Attribution-patching head scores: a first-order AIE, ``HeadScores(method="gradient")``.
-
-    score(L,h) = mean_i Σ_d (mean_z[L,h,d] − z_corr[i,L,h,d]) · ∂P_i(target)/∂z[i,L,h,d],
-    the linear estimate of the rise in P(target) when head h's last-token output is patched
-    with its clean mean (Todd et al.'s indirect effect), all heads from one backward pass.
-    """
-    delta = mean_z.float()[None] - contrast.z_corrupted
-    scores = (delta * contrast.grad_z).sum(-1).mean(0)
-    return HeadScores(scores=scores, method="gradient", tasks=(task,), prompt_mode="icl",
-                      n_samples=int(contrast.z_corrupted.shape[0]),
-                      meta={"estimate": "attribution patching, dP(target)/dz"})
+    """Attribution-patching head scores of the contrast's corrupted side
+    (``fvlens.heads.gradient.attribution_scores``)."""
+    return attribution_scores(contrast.z_corrupted, contrast.grad_z, mean_z, task=task)
 
 
 def build_strategies(model: HookedTransformer, *, contrast: Contrast,
@@ -419,62 +242,60 @@ def run_strategies(model: HookedTransformer, task: str | Task,
     Returns:
         ``(record, vectors)``: the task's JSON record and its ``TaskVector`` per strategy.
     """
-    from fvlens.pipeline import RunConfig, prepare_task, score_task
-
     task = task if isinstance(task, Task) else load_task(task)
     t0 = time.perf_counter()
     methods = [s.removeprefix("fv_") for s in cfg.strategies if s in ("fv_aie", "fv_attnlrp")]
     rc = RunConfig(tasks=(task.name,), select=tuple(methods) or ("aie",), k=cfg.k,
                    shots=cfg.shots, n_mean=cfg.n_mean, n_samples=cfg.n_samples,
                    n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.seed)
-    data = prepare_task(model, task, rc)
-    scores = {m: score_task(model, data, m, rc, progress=progress) for m in methods}
-    train, _ = task.split(test_fraction=rc.test_fraction, seed=rc.seed)
-    clean, corrupted = paired_icl_prompts(model, data.mean_queries, train, shots=cfg.shots,
+    plan = prepare_task(model, task, rc)
+    scores = {m: score_task(model, plan, m, rc, progress=progress) for m in methods}
+    clean, corrupted = paired_icl_prompts(model, plan.mean_queries, plan.train, shots=cfg.shots,
                                           seed=cfg.seed + 7)
-    zs = (zero_shot_prompts(model, data.mean_queries)
+    zs = (zero_shot_prompts(model, plan.mean_queries)
           if any(s.endswith("_zs") for s in cfg.strategies) else None)
     contrast = contrast_pass(model, clean, corrupted, zero_shot=zs)
-    scores["gradient"] = gradient_scores(contrast, data.mean_z, task=task.name)
-    vectors = build_strategies(model, contrast=contrast, mean_z=data.mean_z,
+    scores["gradient"] = gradient_scores(contrast, plan.mean_z, task=task.name)
+    vectors = build_strategies(model, contrast=contrast, mean_z=plan.mean_z,
                                head_scores=scores, strategies=cfg.strategies, k=cfg.k)
 
-    val = zero_shot_prompts(model, data.val_queries or data.mean_queries)
-    ref = evaluate(model, icl_prompts(model, data.test_queries, train, shots=cfg.shots,
+    val, val_cache = plan.val, plan.val_cache
+    ref = evaluate(model, icl_prompts(model, plan.test_queries, plan.train, shots=cfg.shots,
                                       seed=cfg.seed))
     keep = ref.correct.nonzero()[:, 0].tolist()
     rec: dict[str, Any] = {
-        "n_val": len(val), "n_test": len(data.test_queries), "n": len(keep),
-        "icl_top1": ref.top1, "mean_activation_accuracy": data.clean_accuracy,
+        "n_val": len(val), "n_test": len(plan.test_queries), "n": len(keep),
+        "icl_top1": ref.top1, "mean_activation_accuracy": plan.clean_accuracy,
         "contrast_pairs": len(clean), "contrast_clean_correct": int(contrast.clean_correct.sum()),
-        "zero_shot_val_top1": evaluate(model, val).top1, "strategies": {}, "heads": {}}
+        "zero_shot_val_top1": val_cache.unsteered.top1, "strategies": {}, "heads": {}}
     if not keep:
         rec["skipped"] = "the ICL prompt answers no test query correctly"
         return rec, vectors
-    test = zero_shot_prompts(model, [data.test_queries[i] for i in keep])
-    rec["zero_shot_top1"] = evaluate(model, test).top1
-    val_cache = residual_cache(model, val)
+    test = zero_shot_prompts(model, [plan.test_queries[i] for i in keep])
     test_cache = residual_cache(model, test)
+    rec["zero_shot_top1"] = test_cache.unsteered.top1
     best: dict[str, int] = {}
     for name, tv in vectors.items():
-        sweep = layer_sweep(model, tv, val, cache=val_cache)
+        sweep = layer_sweep(model, val, tv.vectors, cache=val_cache)
         layer = best[name] = best_layer(sweep)
-        ev = evaluate(model, test, fwd_hooks=tv.hooks(layer))
+        ev = steered_evaluation(model, test_cache, start=layer + 1, vector=tv.vectors[layer])
         out = {"best_layer": layer, "val_top1": sweep[layer].top1, "test_top1": ev.top1,
                "test_top3": ev.top3, "test_mean_rank": float(ev.ranks.float().mean()),
                "norm": float(tv.vectors[layer].norm()),
                "layer_sweep_val": {str(k): v.top1 for k, v in sweep.items()}}
         if cfg.test_sweep:
             out["layer_sweep_test"] = {str(k): v.top1 for k, v in
-                                       layer_sweep(model, tv, test, cache=test_cache).items()}
+                                       layer_sweep(model, test, tv.vectors,
+                                                   cache=test_cache).items()}
         out["scale_sweep"] = {str(s): v.top1 for s, v in
-                              scale_sweep(model, tv, test, layer, scales=cfg.scales,
+                              scale_sweep(model, test, tv.vectors, layer, scales=cfg.scales,
                                           cache=test_cache).items()}
         # A residual-difference vector's norm is not the task signal's (a difference of
         # means cancels the shared part): choose its scale on validation, like the DFV's.
-        t_layer, t_scale = best_layer_and_scale(model, tv, val, scales=cfg.scales,
+        t_layer, t_scale = best_layer_and_scale(model, val, tv.vectors, scales=cfg.scales,
                                                 cache=val_cache, sweep_at_1=sweep)
-        ev = evaluate(model, test, fwd_hooks=tv.hooks(t_layer, scale=t_scale))
+        ev = steered_evaluation(model, test_cache, start=t_layer + 1,
+                                vector=t_scale * tv.vectors[t_layer])
         out["tuned"] = {"layer": t_layer, "scale": t_scale, "test_top1": ev.top1,
                         "test_top3": ev.top3}
         rec["strategies"][name] = out
@@ -531,42 +352,5 @@ def extract_vector(model: HookedTransformer, task: str | Task, strategy: str = "
               if strategy == "fv_gradient" else {})
     tv = build_strategies(model, contrast=contrast, head_scores=scores, strategies=(strategy,),
                           k=k)[strategy]
-    sweep = layer_sweep(model, tv, zero_shot_prompts(model, val_q or mean_q))
+    sweep = layer_sweep(model, zero_shot_prompts(model, val_q or mean_q), tv.vectors)
     return tv, best_layer(sweep), {layer: ev.top1 for layer, ev in sweep.items()}
-
-
-# --- figures -----------------------------------------------------------------------------
-
-
-def cosine_heatmap(record: dict[str, Any], *, key: str = "cosine", title: str = "") -> go.Figure:
-    """Heatmap of a task's strategy cosine matrix (``record[key]`` from ``run_strategies``)."""
-    cos = record.get(key)
-    if not cos or not cos.get("names"):
-        raise ValueError(f"record has no {key!r}; pass a task record of `fvlens strategies`")
-    names = cos["names"]
-    z = cos["matrix"]
-    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu",
-                               text=[[f"{v:.2f}" for v in row] for row in z],
-                               texttemplate="%{text}"))
-    fig.update_layout(title=title or f"cosine similarity of the strategies' vectors "
-                      f"({key})", yaxis=dict(autorange="reversed"))
-    return fig
-
-
-def strategy_bars(results: dict[str, Any]) -> go.Figure:
-    """Test top-1 per task: unsteered zero-shot, ICL and each strategy at its best layer."""
-    tasks = results.get("tasks") or {}
-    series: dict[str, dict[str, float]] = {"zero-shot": {}, "ICL": {}}
-    for t, rec in tasks.items():
-        if "zero_shot_top1" in rec:
-            series["zero-shot"][t] = rec["zero_shot_top1"]
-            series["ICL"][t] = rec["icl_top1"]
-        for name, s in (rec.get("strategies") or {}).items():
-            series.setdefault(f"{name}", {})[t] = s["test_top1"]
-    if not any(series.values()):
-        raise ValueError("nothing to plot: no task in the results has test accuracies")
-    fig = go.Figure([go.Bar(name=label, x=list(v), y=list(v.values()))
-                     for label, v in series.items() if v])
-    fig.update_layout(barmode="group", title="zero-shot top-1 at the best layer (test)",
-                      yaxis=dict(title="top-1", range=[0, 1.02]))
-    return fig

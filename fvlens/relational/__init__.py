@@ -16,7 +16,8 @@ from fvlens.relational.composite import CompositeConfig, RelationBank, fit_weigh
 from fvlens.relational.decoding import decode, decode_heads, relation_word_rank
 from fvlens.relational.finetune import (FinetuneConfig, FinetuneResult, finetune,
                                         held_out_comparison, load_vector, save_vector)
-from fvlens.relational.similarity import read_ratings, run_similarity
+from fvlens.relational.ratings import read_ratings
+from fvlens.relational.similarity import run_similarity
 
 __all__ = [
     "AnalogyItem",

@@ -28,7 +28,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.prompts import DEFAULT_TEMPLATE, tokenize
+from fvlens.batch import pad_left
+from fvlens.forward import final_logits, run_to
+from fvlens.prompts import DEFAULT_TEMPLATE, pad_token_id, tokenize
 from fvlens.relational.composite import (CompositeConfig, RelationBank, composite_hooks,
                                          fit_weights, single_vector_logprobs)
 from fvlens.tasks import Pair, Task, load_task
@@ -217,34 +219,26 @@ def _score_rows(model: HookedTransformer, prompts: Sequence[str], candidates: Se
     the top-1 after the prompt, with row b steered by ``weights[b]`` over ``bank``."""
     scores, top1 = [], []
     tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     for s in range(0, len(prompts), batch_size):
-        rows, lens = [], []
+        rows = []
         for p, c in zip(prompts[s:s + batch_size], candidates[s:s + batch_size]):
             pid = tokenize(model, p)[0]
             cid = tok(DEFAULT_TEMPLATE.answer_prefix + c, add_special_tokens=False)["input_ids"]
             rows.append((pid, cid))
-        width = max(len(p) + len(c) for p, c in rows)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(tokens)
-        pos = torch.zeros(len(rows), dtype=torch.long)
-        for i, (p, c) in enumerate(rows):
-            n = len(p) + len(c)
-            tokens[i, width - n:] = torch.tensor(p + c)
-            mask[i, width - n:] = 1
-            pos[i] = width - n + len(p) - 1
-            lens.append(len(c))
+        tokens, mask = pad_left([p + c for p, c in rows], pad_token_id(model))
+        width = tokens.shape[1]
+        # the position predicting each candidate's first token: the prompt's last token
+        pos = torch.tensor([width - len(c) - 1 for _, c in rows], dtype=torch.long)
         hooks = []
         if weights is not None:
             hooks = composite_hooks(bank, weights[s:s + batch_size], positions=pos)
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            logp = model(tokens.to(model.cfg.device),
-                         attention_mask=mask.to(model.cfg.device)).float().log_softmax(-1).cpu()
-        for i, (p, c) in enumerate(rows):
-            at = int(pos[i])
-            lp = logp[i, at + torch.arange(len(c))].gather(1, torch.tensor(c)[:, None])
-            scores.append(float(lp.sum()))
-            top1.append(bool(logp[i, at].argmax() == c[0]))
+            resid = run_to(model, tokens, mask)
+            for i, (_, c) in enumerate(rows):
+                at = int(pos[i])
+                logp = final_logits(model, resid[i, at:at + len(c)]).float().log_softmax(-1).cpu()
+                scores.append(float(logp.gather(1, torch.tensor(c)[:, None]).sum()))
+                top1.append(bool(logp[0].argmax() == c[0]))
     return torch.tensor(scores), torch.tensor(top1)
 
 

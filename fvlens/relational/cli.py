@@ -84,7 +84,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     from fvlens.models import load_model
-    from fvlens.relational.similarity import read_ratings, run_similarity
+    from fvlens.relational.ratings import read_ratings
+    from fvlens.relational.similarity import run_similarity
 
     rows = read_ratings(args.ratings)
     model = load_model(args.model)

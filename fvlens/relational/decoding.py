@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.HookedTransformer import apply_softcap
 
+from fvlens.forward import final_logits
 from fvlens.steering import DistributedFV, FunctionVector
 
 __all__ = ["DecodedToken", "decode", "vector_logits", "relation_word_ids",
@@ -51,11 +51,7 @@ def vector_logits(model: HookedTransformer, vector: Float[Tensor, " d_model"] | 
     if v.shape != (model.cfg.d_model,):
         raise ValueError(f"expected a [d_model={model.cfg.d_model}] vector, got {tuple(v.shape)};"
                          " decode a DFV with decode_heads or dfv_residual")
-    x = v[None, None]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)
-    return logits[0, 0].float().cpu()
+    return final_logits(model, v).float().cpu()
 
 
 def decode(model: HookedTransformer, vector: Float[Tensor, " d_model"] | FunctionVector, *,

@@ -22,9 +22,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.HookedTransformer import apply_softcap
 
 from fvlens.evaluate import evaluate
+from fvlens.forward import forward_last
+from fvlens.plan import extract_vectors
 from fvlens.hooks import HookList, frozen_parameters, hook_name
 from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
 from fvlens.steering import DistributedFV, FunctionVector
@@ -153,15 +154,8 @@ def grad_last_logits(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
         attention_mask: 1 for real tokens.
         fwd_hooks: hook list (removed before returning; the graph stays).
     """
-    device = model.cfg.device
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        resid = model(tokens.to(device), attention_mask=attention_mask.to(device),
-                      stop_at_layer=model.cfg.n_layers)
-    resid = resid[:, -1:, :]
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    logits = apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
-    return logits[:, 0].float()
+        return forward_last(model, tokens, attention_mask).float()
 
 
 @torch.no_grad()
@@ -275,8 +269,6 @@ def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = F
     method = cfg.selection
     needs_extract = cfg.init in ("aie", "attnlrp") or cfg.inject == "dfv" or cfg.layer is None
     if needs_extract and vectors is None:
-        from fvlens.pipeline import extract_vectors
-
         vectors = extract_vectors(model, task, select=(method,), k=cfg.k, seed=cfg.seed,
                                   shots=cfg.shots)
     if vectors is not None and method not in vectors.fv:
@@ -382,8 +374,6 @@ def held_out_comparison(model: HookedTransformer, task: str | Task,
                          "('random_init', 'finetuned_other')")
     _, _, test_q = split_pairs(task, cfg)
     if vectors is None:
-        from fvlens.pipeline import extract_vectors
-
         vectors = extract_vectors(model, task, select=(cfg.selection,), k=cfg.k, seed=cfg.seed,
                                   shots=cfg.shots)
     train_split, _ = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)

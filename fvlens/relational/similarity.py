@@ -17,11 +17,9 @@ between-type). Two analyses (choices documented in ``docs/relational.md``):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,122 +27,15 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.hooks import hook_name
-from fvlens.prompts import DEFAULT_TEMPLATE, icl_prompts, tokenize
+from fvlens.batch import pad_left
+from fvlens.forward import run_to
+from fvlens.prompts import DEFAULT_TEMPLATE, icl_prompts, pad_token_id, tokenize
+from fvlens.relational.ratings import Rating, correlate, relation_pairs
 from fvlens.tasks import Pair, Task
 
-__all__ = ["Rating", "read_ratings", "relation_pairs", "correlate", "relation_level",
-           "pair_level", "pair_representations", "unembed_difference", "icl_mean_vectors",
-           "random_vectors", "random_draws", "scatter", "run_similarity", "relation_task", "COLUMNS"]
-
-COLUMNS = ("relation1", "relation2", "comparison_type", "pair1_word1", "pair1_word2",
-           "pair2_word1", "pair2_word2", "mean_rating")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Rating:
-    """One row of the ratings file."""
-
-    relation1: str
-    relation2: str
-    comparison_type: str
-    pair1: tuple[str, str]
-    pair2: tuple[str, str]
-    mean_rating: float
-    num_ratings: int | None = None
-
-
-def read_ratings(path: str | Path) -> list[Rating]:
-    """Read a Chen, Peterson & Griffiths (2017) mean-ratings CSV.
-
-    Columns: ``relation1, relation2, comparison_type, pair1_word1, pair1_word2, pair2_word1,
-    pair2_word2, mean_rating[, num_ratings]``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ratings file {path} does not exist; pass the relsim "
-                                "mean-ratings CSV with --ratings")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path} lacks columns {sorted(missing)}; a ratings file has "
-                             f"{', '.join(COLUMNS)}[, num_ratings]")
-        rows = []
-        for r in reader:
-            n = r.get("num_ratings")
-            rows.append(Rating(relation1=r["relation1"].strip(), relation2=r["relation2"].strip(),
-                               comparison_type=r["comparison_type"].strip(),
-                               pair1=(r["pair1_word1"].strip(), r["pair1_word2"].strip()),
-                               pair2=(r["pair2_word1"].strip(), r["pair2_word2"].strip()),
-                               mean_rating=float(r["mean_rating"]),
-                               num_ratings=int(float(n)) if n not in (None, "") else None))
-    if not rows:
-        raise ValueError(f"{path} has a header but no rows")
-    return rows
-
-
-def relation_pairs(rows: Sequence[Rating]) -> dict[str, list[Pair]]:
-    """The word pairs of each relation subtype, in first-seen order."""
-    out: dict[str, dict[Pair, None]] = {}
-    for r in rows:
-        out.setdefault(r.relation1, {})[Pair(input=r.pair1[0], output=r.pair1[1])] = None
-        out.setdefault(r.relation2, {})[Pair(input=r.pair2[0], output=r.pair2[1])] = None
-    return {k: list(v) for k, v in sorted(out.items())}
-
-
-# --- statistics ----------------------------------------------------------------------------
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import pearsonr
-
-    return float(pearsonr(x, y)[0]) if np.std(x) > 0 and np.std(y) > 0 else float("nan")
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y)[0]) if np.std(x) > 0 and np.std(y) > 0 else float("nan")
-
-
-def correlate(model_sim: np.ndarray, human: np.ndarray, *, n_perm: int = 1000,
-              n_boot: int = 1000, seed: int = 0,
-              permute: Callable[[np.random.Generator], np.ndarray] | None = None) -> dict:
-    """Spearman and Pearson correlations with a permutation p-value and a bootstrap 95% CI.
-
-    Args:
-        model_sim: the model's similarity per item.
-        human: the human rating per item.
-        n_perm: permutations (two-sided p = (1 + #{|r_perm| ≥ |r|}) / (1 + n_perm)).
-        n_boot: bootstrap resamples of the items (percentile CI).
-        permute: returns a permuted ``model_sim`` (default: shuffle the items); the relation
-            level passes a relation-label shuffle (Mantel test).
-
-    Returns:
-        ``{"n", "spearman": {"r", "p_perm", "ci95"}, "pearson": {...}}``.
-    """
-    x, y = np.asarray(model_sim, float), np.asarray(human, float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"model_sim and human must be equal-length 1-D arrays, got {x.shape} "
-                         f"and {y.shape}")
-    rng = np.random.default_rng(seed)
-    out: dict = {"n": int(len(x))}
-    perms = [permute(rng) if permute else rng.permutation(x) for _ in range(n_perm)]
-    boots = [rng.integers(0, len(x), len(x)) for _ in range(n_boot)]
-    for name, fn in (("spearman", _spearman), ("pearson", _pearson)):
-        r = fn(x, y)
-        if len(x) < 3 or np.isnan(r):
-            out[name] = {"r": r, "p_perm": None, "ci95": None}
-            continue
-        null = np.array([fn(p, y) for p in perms])
-        p = (1 + int(np.sum(np.abs(null) >= abs(r) - 1e-12))) / (1 + n_perm)
-        bs = np.array([fn(x[b], y[b]) for b in boots])
-        bs = bs[~np.isnan(bs)]
-        ci = [float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))] if len(bs) else None
-        out[name] = {"r": r, "p_perm": p, "ci95": ci}
-    return out
-
+__all__ = ["relation_level", "pair_level", "pair_representations", "unembed_difference",
+           "icl_mean_vectors", "random_vectors", "random_draws", "scatter", "run_similarity",
+           "relation_task"]
 
 def _cosine_matrix(vectors: Tensor) -> np.ndarray:
     v = torch.nn.functional.normalize(vectors.float(), dim=-1)
@@ -214,13 +105,10 @@ def icl_mean_vectors(model: HookedTransformer, relations: dict[str, Sequence[Pai
     return v - v.mean(0) if center else v
 
 
+@torch.no_grad()
 def _last_resid(model, tokens, mask, layer: int) -> Tensor:
-    name = hook_name("resid_post", layer)
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device),
-                                    attention_mask=mask.to(model.cfg.device),
-                                    names_filter=lambda n: n == name,
-                                    stop_at_layer=layer + 1)
-    return cache[name][:, -1].float().cpu()
+    """``blocks.{layer}.hook_resid_post`` at the last position."""
+    return run_to(model, tokens, mask, layer=layer + 1)[:, -1].float().cpu()
 
 
 def unembed_difference(model: HookedTransformer, pairs: Sequence[Pair]
@@ -280,17 +168,10 @@ def pair_representations(model: HookedTransformer, pairs: Sequence[Pair], *, lay
     q = DEFAULT_TEMPLATE
     texts = [q.query.format(x=p.input) + q.answer_prefix + p.output + q.demo_suffix + "Q:"
              for p in pairs]
-    tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     out = []
     for s in range(0, len(texts), batch_size):
-        ids = [tokenize(model, t)[0] for t in texts[s:s + batch_size]]
-        width = max(map(len, ids))
-        tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(tokens)
-        for i, r in enumerate(ids):
-            tokens[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+        tokens, mask = pad_left([tokenize(model, t)[0] for t in texts[s:s + batch_size]],
+                                pad_token_id(model))
         out.append(_last_resid(model, tokens, mask, layer))
     v = torch.cat(out)
     return v - v.mean(0) if center else v
