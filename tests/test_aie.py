@@ -108,7 +108,7 @@ def test_fast_equals_reference_on_embedded_model(smollm):
     fast = indirect_effects_fast(smollm, corrupted, mean_z, progress=False)
     # The reference on a few heads only (one full forward per head is slow).
     from fvlens.heads.aie import patch_head_hooks, _target_probs
-    from fvlens.evaluate import _forward_last
+    from fvlens.forward import forward_last as _forward_last
 
     with torch.no_grad():
         base = _target_probs(_forward_last(smollm, corrupted.tokens, corrupted.attention_mask),

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from fvlens.analyses.depth import (TaskVector, best_layer, best_layer_and_scale,
-                                   depth_summary, layer_curves,
-                                   layer_sweep, residual_cache, scale_curves, scale_sweep)
-from fvlens.analyses.strategies import (Contrast, StrategyConfig, build_strategies,
-                                        concat_batches, contrast_pass, cosine_heatmap,
-                                        cosine_matrix, gradient_scores, mean_difference,
-                                        paired_icl_prompts, pca_direction, strategy_bars)
+from fvlens.analyses.contrast import Contrast, contrast_pass, paired_icl_prompts
+from fvlens.analyses.depth import TaskVector, depth_summary
+from fvlens.analyses.figures import cosine_heatmap, layer_curves, scale_curves, strategy_bars
+from fvlens.analyses.strategies import (StrategyConfig, build_strategies, cosine_matrix,
+                                        gradient_scores, mean_difference, pca_direction)
+from fvlens.batch import PromptBatch
+from fvlens.injection import (best_layer, best_layer_and_scale, layer_sweep, residual_cache,
+                              scale_sweep)
 from fvlens.evaluate import evaluate
 from fvlens.hooks import assert_no_hooks, hook_name
 from fvlens.prompts import icl_prompts, zero_shot_prompts
@@ -50,10 +51,10 @@ def _random_vector(model, seed=0, scale=3.0):
 # --- prompts -----------------------------------------------------------------------------
 
 
-def test_concat_batches_keeps_rows_and_positions(tiny_tok_model, antonym):
+def test_concat_keeps_rows_and_positions(tiny_tok_model, antonym):
     a = icl_prompts(tiny_tok_model, antonym.pairs[:2], antonym.pairs[10:40], shots=2, seed=1)
     b = icl_prompts(tiny_tok_model, antonym.pairs[2:5], antonym.pairs[10:40], shots=4, seed=2)
-    both = concat_batches([a, b])
+    both = PromptBatch.concat([a, b])
     assert len(both) == 5 and both.texts == a.texts + b.texts
     for src, rows in ((a, range(2)), (b, range(2, 5))):
         for i, j in zip(range(len(src)), rows):
@@ -100,25 +101,25 @@ def test_fast_layer_and_scale_sweep_equal_hooked_evaluation(tiny_tok_model, anto
     assert int(batch.n_pad.max()) > 0  # padding is exercised
     tv = _random_vector(model)
     cache = residual_cache(model, batch, batch_size=4)
-    sweep = layer_sweep(model, tv, batch, cache=cache)
+    sweep = layer_sweep(model, batch, tv.vectors, cache=cache)
     assert sorted(sweep) == list(range(model.cfg.n_layers))
     for layer, ev in sweep.items():
         ref = evaluate(model, batch, fwd_hooks=tv.hooks(layer))
         torch.testing.assert_close(ev.target_probs, ref.target_probs, atol=SWEEP_ATOL, rtol=0)
         assert torch.equal(ev.ranks, ref.ranks)
-    scales = scale_sweep(model, tv, batch, 1, scales=(0.5, 2.0), cache=cache)
+    scales = scale_sweep(model, batch, tv.vectors, 1, scales=(0.5, 2.0), cache=cache)
     ref = evaluate(model, batch, fwd_hooks=tv.hooks(1, scale=2.0))
     torch.testing.assert_close(scales[2.0].target_probs, ref.target_probs, atol=SWEEP_ATOL,
                                rtol=0)
     assert_no_hooks(model)
     with pytest.raises(ValueError, match="another batch"):
-        layer_sweep(model, tv, zero_shot_prompts(model, antonym.pairs[:2]), cache=cache)
+        layer_sweep(model, zero_shot_prompts(model, antonym.pairs[:2]), tv.vectors, cache=cache)
 
 
 def test_best_layer_breaks_ties_by_rank_then_layer(tiny_tok_model, antonym):
     model = tiny_tok_model
     batch = zero_shot_prompts(model, antonym.pairs[:4])
-    sweep = layer_sweep(model, _random_vector(model), batch)
+    sweep = layer_sweep(model, batch, _random_vector(model).vectors)
     key = {layer: (-ev.top1, float(ev.ranks.float().mean()), layer) for layer, ev in sweep.items()}
     assert best_layer(sweep) == min(key, key=key.get)
     with pytest.raises(ValueError, match="empty"):
@@ -130,7 +131,7 @@ def test_best_layer_and_scale_is_the_best_cell_of_the_grid(tiny_tok_model, anton
     batch = zero_shot_prompts(model, antonym.pairs[:6])
     tv = _random_vector(model, seed=3, scale=1.0)
     scales = (0.5, 1.0, 4.0, 16.0)
-    layer, scale = best_layer_and_scale(model, tv, batch, scales=scales)
+    layer, scale = best_layer_and_scale(model, batch, tv.vectors, scales=scales)
     key = {}
     for s in scales:
         for l in range(model.cfg.n_layers):
@@ -138,11 +139,11 @@ def test_best_layer_and_scale_is_the_best_cell_of_the_grid(tiny_tok_model, anton
             key[(l, s)] = (-ev.top1, round(float(ev.ranks.float().mean()), 4))
     assert key[(layer, scale)] == min(key.values())
     cache = residual_cache(model, batch)
-    assert best_layer_and_scale(model, tv, batch, scales=scales, cache=cache,
-                                sweep_at_1=layer_sweep(model, tv, batch, cache=cache)) == \
+    assert best_layer_and_scale(model, batch, tv.vectors, scales=scales, cache=cache,
+                                sweep_at_1=layer_sweep(model, batch, tv.vectors, cache=cache)) == \
         (layer, scale)
     with pytest.raises(ValueError, match="positive"):
-        best_layer_and_scale(model, tv, batch, scales=(0.0, 1.0))
+        best_layer_and_scale(model, batch, tv.vectors, scales=(0.0, 1.0))
     assert_no_hooks(model)
 
 

@@ -4,15 +4,16 @@ uncached paths agree, batches equal single prompts, EOS per row, nothing left on
 from __future__ import annotations
 
 import copy
-import sys
 import types
 
 import pytest
 import torch
 from conftest import make_tiny
 
+import fvlens.pipeline
 from fvlens.generation import (Generation, generate, generate_tokens, restrict_to_prompt,
-                               side_by_side, steer_report)
+                               side_by_side)
+from fvlens.pipeline import steer_report
 from fvlens.hooks import assert_no_hooks
 from fvlens.steering import DistributedFV, FunctionVector
 
@@ -240,9 +241,7 @@ def test_steer_report_uses_extract_vectors(tiny_tok_model, monkeypatch):
         calls.append((task, select, k, seed, config))
         return types.SimpleNamespace(fv={"aie": fv}, dfv={"aie": dfv}, dfv_scale={"aie": 2.0})
 
-    fake = types.ModuleType("fvlens.pipeline")
-    fake.extract_vectors = extract_vectors
-    monkeypatch.setitem(sys.modules, "fvlens.pipeline", fake)
+    monkeypatch.setattr(fvlens.pipeline, "extract_vectors", extract_vectors)
     rep = steer_report(tiny_tok_model, PROMPT, task="antonym", k=4, max_new_tokens=N_NEW)
     assert calls == [("antonym", ("aie",), 4, 0, {"inject": ("fv",)})]
     assert rep["layer"] == 2 and rep["inject"] == "fv" and rep["scale"] == 1.0

@@ -10,8 +10,9 @@ import torch
 from fvlens.cli import main
 from fvlens.heads.scores import HeadScores
 from fvlens.hooks import assert_no_hooks
-from fvlens.pipeline import RunConfig, choose_layer, choose_scale, extract_vectors
+from fvlens.plan import RunConfig, choose_layer, choose_scale, extract_vectors
 from fvlens.prompts import zero_shot_prompts
+from fvlens.results import RunResult
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import load_task
 
@@ -74,7 +75,12 @@ def test_cli_run_writes_results_with_all_combinations(smollm, tmp_path):
     for method in ("aie", "attnlrp"):
         assert set(cap["steered"][method]) == {"fv", "dfv"}
         assert len(cap["heads"][method]) == 5
-        assert 0.0 <= cap["steered"][method]["fv"]["top1"] <= 1.0
+        for inj in ("fv", "dfv"):
+            entry = cap["steered"][method][inj]
+            lo, hi = entry["top1_ci95"]
+            assert entry["n"] == cap["n"] and lo <= entry["top1"] <= hi
     assert {"shared", "only_self", "only_other", "jaccard"} <= set(cap["head_overlap"])
     assert res["timing"]["aie"]["samples"] == 4 and res["timing"]["aie"]["samples_per_min"] > 0
     assert cap["zero_shot_top1"] <= 0.1 and cap["icl_top1"] >= 0.5
+    assert RunResult.from_json(res).to_json() == res
+    assert (out / "report.html").is_file()

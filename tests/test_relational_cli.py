@@ -12,7 +12,8 @@ import torch
 import fvlens.models
 from fvlens.hooks import assert_no_hooks
 from fvlens.relational.cli import add_parsers
-from fvlens.relational.similarity import read_ratings, run_similarity
+from fvlens.relational.ratings import read_ratings
+from fvlens.relational.similarity import run_similarity
 from fvlens.tasks import load_task
 
 
@@ -26,11 +27,13 @@ def _parser():
 def patched(monkeypatch, tiny_tok_model):
     """The tiny model instead of the embedded one, and stand-in extracted vectors (a random
     tiny model answers no ICL prompt, so it has no mean activation to extract from)."""
-    import fvlens.pipeline
+    import importlib
+
     from test_relational_finetune import _fake_vectors
 
+    finetune_module = importlib.import_module("fvlens.relational.finetune")
     monkeypatch.setattr(fvlens.models, "load_model", lambda *a, **k: tiny_tok_model)
-    monkeypatch.setattr(fvlens.pipeline, "extract_vectors",
+    monkeypatch.setattr(finetune_module, "extract_vectors",
                         lambda model, task, **kw: _fake_vectors(model))
     return tiny_tok_model
 

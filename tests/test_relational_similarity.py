@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fvlens.hooks import assert_no_hooks
-from fvlens.relational.similarity import (correlate, icl_mean_vectors, pair_level,
-                                          pair_representations, random_vectors, read_ratings,
-                                          relation_level, relation_pairs, scatter,
+from fvlens.relational.ratings import correlate, read_ratings, relation_pairs
+from fvlens.relational.similarity import (icl_mean_vectors, pair_level, pair_representations,
+                                          random_vectors, relation_level, scatter,
                                           unembed_difference)
 from fvlens.tasks import Pair
 
@@ -69,7 +69,7 @@ def test_relation_level_recovers_a_planted_structure():
     names = ["a", "b", "c", "d"]
     # orthogonal-ish vectors with chosen overlaps: cos(a,b) high, cos(c,d) mid, others ~0
     v = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.44, 0, 0], [0, 0, 1.0, 0], [0, 0, 0.6, 0.8]])
-    from fvlens.relational.similarity import Rating
+    from fvlens.relational.ratings import Rating
 
     def row(r1, r2, rating):
         return Rating(relation1=r1, relation2=r2, comparison_type="between-subtype",

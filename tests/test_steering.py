@@ -89,7 +89,8 @@ def test_errors_name_the_fix(tiny_model):
 
 
 def test_layer_sweep_equals_hooked_evaluation(tiny_tok_model):
-    from fvlens.evaluate import evaluate, layer_sweep
+    from fvlens.evaluate import evaluate
+    from fvlens.injection import layer_sweep
     from fvlens.prompts import zero_shot_prompts
     from fvlens.tasks import load_task
 

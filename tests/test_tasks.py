@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from fvlens import _taskgen
+from fvlens.importers import import_davidson, import_todd
 from fvlens.tasks import (
     Instruction,
     Pair,
     Task,
     _to_json_text,
-    import_davidson,
-    import_todd,
     list_tasks,
     load_task,
     save_task,
