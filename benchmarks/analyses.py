@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from fvlens.analyses.cli import main as fvlens_main
+from fvlens.cli.analyses import main as fvlens_main
 
 ROOT = Path(__file__).resolve().parent
 TRANSFER_TASKS = ("capitalize,present-past,singular-plural,choose_first_of_3,"

@@ -19,7 +19,7 @@ from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
 from fvlens.forward import forward_last, map_chunks, ranks_of
-from fvlens.hooks import HookFn
+from fvlens.hooks import HookFn, check_hook_names
 from fvlens.prompts import icl_prompts, instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.tasks import Task
 
@@ -39,6 +39,7 @@ def last_logits(model: HookedTransformer, batch: PromptBatch, *,
         fwd_hooks: a hook list applied during the forward passes (removed afterwards).
         batch_size: rows per forward pass; None sizes passes by tokens.
     """
+    check_hook_names(model, fwd_hooks)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         out = map_chunks(batch, lambda c: forward_last(model, c.tokens, c.attention_mask)
                          .float().cpu(), batch_size=batch_size)
@@ -90,6 +91,10 @@ def evaluate(model: HookedTransformer, batch: PromptBatch, *,
 
 def evaluation_from_logits(logits: Float[Tensor, "batch vocab"],
                            targets: Int[Tensor, " batch"]) -> Evaluation:
+    """Ranks, predictions and target probabilities of a batch's last-position logits."""
+    if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < logits.shape[-1]:
+        raise ValueError(f"target ids must be in [0, {logits.shape[-1]}) (the vocabulary), got "
+                         f"{int(targets.min())}..{int(targets.max())}")
     probs = logits.float().softmax(-1)
     return Evaluation(ranks=ranks_of(logits, targets), predictions=logits.argmax(-1),
                       target_probs=probs.gather(1, targets[:, None])[:, 0])

@@ -26,7 +26,8 @@ from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch, auto_batch_size
 
-__all__ = ["run_to", "resume", "final_logits", "forward_last", "map_chunks", "ranks_of"]
+__all__ = ["run_to", "resume", "final_logits", "forward_last", "map_chunks", "ranks_of",
+           "check_length"]
 
 T = TypeVar("T")
 
@@ -46,8 +47,16 @@ def run_to(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
         layer: how many blocks to run; None runs all of them (the final norm's input).
     """
     stop = model.cfg.n_layers if layer is None else layer
+    check_length(model, tokens.shape[-1])
     return model(tokens.to(model.cfg.device), attention_mask=_mask(model, attention_mask),
                  stop_at_layer=stop)
+
+
+def check_length(model: HookedTransformer, n_tokens: int) -> None:
+    """Raise a ValueError when a prompt of ``n_tokens`` exceeds the model's context."""
+    if n_tokens > model.cfg.n_ctx:
+        raise ValueError(f"a prompt of {n_tokens} tokens exceeds the model's context of "
+                         f"{model.cfg.n_ctx} tokens; use fewer shots or shorter prompts")
 
 
 def resume(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], *,

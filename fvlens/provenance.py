@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["versions", "machine", "write_results"]
+__all__ = ["versions", "machine", "write_results", "json_safe"]
 
 _PACKAGES = ("fvlens", "transformer-lens", "torch", "transformers", "numpy")
 
@@ -41,13 +42,28 @@ def machine() -> dict[str, object]:
     return info
 
 
+def json_safe(value: object) -> object:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no such numbers:
+    a reader would reject the file), recursively through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_results(out_dir: str | Path, results: dict) -> Path:
-    """Write ``results`` to ``out_dir/results.json`` atomically (temp file, then rename);
-    values JSON does not know (paths, tuples of numbers' types) are written as strings."""
+    """Write ``results`` to ``out_dir/results.json`` atomically (temp file, then rename).
+
+    Values JSON does not know (paths, …) are written as strings; NaN and infinities as null,
+    so the file is always valid JSON.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.write_text(json.dumps(json_safe(results), indent=1, default=str, allow_nan=False))
     tmp.replace(path)
     return path

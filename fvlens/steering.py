@@ -44,17 +44,36 @@ def add_at_last_position(vector: Tensor, *, heads: Sequence[int] | None = None):
         if idx is None:
             x[:, -1] += v
         else:
+            if idx.numel() and int(idx.max()) >= x.shape[2]:
+                raise ValueError(f"{hook.name} has {x.shape[2]} heads; this vector edits "
+                                 f"head {int(idx.max())}: it was built for another model")
             x[:, -1, idx.to(x.device)] += v
         return x
 
     return hook
 
 
-def _check_heads(model: HookedTransformer, heads: Sequence[Head]) -> None:
+def _check_heads(model: HookedTransformer, heads: Sequence[Head]) -> list[Head]:
+    """The heads as ``(int, int)`` pairs, checked against the model."""
+    heads = [tuple(int(v) for v in h) for h in heads]  # type: ignore[misc]
+    _check_head_list(heads)
     for layer, head in heads:
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+        if not (layer < model.cfg.n_layers and head < model.cfg.n_heads):
             raise ValueError(f"head ({layer}, {head}) does not exist: the model has "
                              f"{model.cfg.n_layers} layers of {model.cfg.n_heads} heads")
+    return heads  # type: ignore[return-value]
+
+
+def _check_head_list(heads: Sequence[Head]) -> None:
+    """Heads are distinct ``(layer, head)`` pairs of non-negative ints (a negative index would
+    silently wrap to another head)."""
+    for h in heads:
+        if (len(h) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                               for v in h)):
+            raise ValueError(f"a head is a (layer, head) pair of non-negative ints, got {h!r}")
+    if len(set(map(tuple, heads))) != len(heads):
+        dup = sorted({tuple(h) for h in heads if list(map(tuple, heads)).count(tuple(h)) > 1})
+        raise ValueError(f"heads must be distinct; repeated: {dup}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,7 +94,7 @@ class FunctionVector:
     def from_heads(cls, model: HookedTransformer, mean_z: Float[Tensor, "n_layers n_heads d_head"],
                    heads: Sequence[Head], *, layer: int | None = None) -> FunctionVector:
         """Build v = Σ mean_z[L,h] @ W_O[L,h] over ``heads``."""
-        _check_heads(model, heads)
+        heads = _check_heads(model, heads)
         v = torch.zeros(model.cfg.d_model)
         with torch.no_grad():
             for layer_idx, h in heads:
@@ -115,12 +134,12 @@ class DistributedFV:
     def __post_init__(self) -> None:
         if len(self.heads) != self.means.shape[0]:
             raise ValueError(f"{len(self.heads)} heads but {self.means.shape[0]} mean rows")
+        _check_head_list(self.heads)
 
     @classmethod
     def from_heads(cls, model: HookedTransformer, mean_z: Float[Tensor, "n_layers n_heads d_head"],
                    heads: Sequence[Head]) -> DistributedFV:
-        _check_heads(model, heads)
-        heads = tuple((int(a), int(b)) for a, b in heads)
+        heads = tuple(_check_heads(model, heads))
         means = torch.stack([mean_z[a, b].float().cpu() for a, b in heads]) if heads else \
             torch.zeros(0, model.cfg.d_head)
         return cls(heads=heads, means=means)

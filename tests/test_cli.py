@@ -25,8 +25,8 @@ def test_subcommand_help_exits_zero(sub, capsys):
 
 
 def test_registered_handlers_are_the_modules_own():
-    from fvlens.analyses.cli import cmd_frames
-    from fvlens.relational.cli import cmd_finetune
+    from fvlens.cli.analyses import cmd_frames
+    from fvlens.cli.relational import cmd_finetune
 
     assert build_parser().parse_args(["frames", "--task", "antonym", "--out", "x"]).func is cmd_frames
     args = build_parser().parse_args(["finetune", "--task", "antonym", "--out", "x"])

@@ -11,7 +11,7 @@ import torch
 
 import fvlens.models
 from fvlens.hooks import assert_no_hooks
-from fvlens.relational.cli import add_parsers
+from fvlens.cli.relational import add_parsers
 from fvlens.relational.ratings import read_ratings
 from fvlens.relational.similarity import run_similarity
 from fvlens.tasks import load_task

@@ -103,3 +103,17 @@ def test_layer_sweep_equals_hooked_evaluation(tiny_tok_model):
         torch.testing.assert_close(ev.target_probs, ref.target_probs, atol=1e-6, rtol=0)
         assert torch.equal(ev.ranks, ref.ranks)
     assert_no_hooks(tiny_tok_model)
+
+
+def test_heads_are_validated(tiny_model):
+    mz = mean_z_for(tiny_model)
+    with pytest.raises(ValueError, match="non-negative"):
+        DistributedFV(heads=((0, -1),), means=torch.zeros(1, tiny_model.cfg.d_head))
+    with pytest.raises(ValueError, match="distinct"):
+        FunctionVector.from_heads(tiny_model, mz, [(0, 1), (0, 1)])
+    with pytest.raises(ValueError, match="does not exist"):
+        DistributedFV.from_heads(tiny_model, mz, [(40, 0)])
+    wrong = DistributedFV(heads=((0, 9),), means=torch.zeros(1, tiny_model.cfg.d_head))
+    with pytest.raises(ValueError, match="another model"):
+        tiny_model.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=wrong.hooks())
+    assert_no_hooks(tiny_model)

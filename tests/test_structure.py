@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "fvlens"
 
 LEVELS = {
     # 0: data and small utilities that need nothing from fvlens
-    "fvlens.tasks": 0, "fvlens._taskgen": 0, "fvlens.provenance": 0, "fvlens.tables": 0,
+    "fvlens.tasks": 0, "fvlens._taskgen": 0, "fvlens._lazy": 0, "fvlens.provenance": 0, "fvlens.tables": 0,
     "fvlens.batch": 0, "fvlens.importers": 0,
     # 1: prompts
     "fvlens.prompts": 1,
@@ -35,8 +35,7 @@ LEVELS = {
     # 8: figures and reports
     "fvlens.plots": 8, "fvlens.report": 8,
     # 9: command lines
-    "fvlens.cli": 9, "fvlens.analyses.cli": 9, "fvlens.relational.cli": 9,
-    "fvlens.sweep.cli": 9,
+    "fvlens.cli": 9,
 }
 MAX_LINES = 450
 

@@ -33,6 +33,7 @@ from transformer_lens import HookedTransformer
 
 from fvlens.analyses.contrast import BASELINES, Contrast, contrast_pass, paired_icl_prompts
 from fvlens.analyses.depth import TaskVector
+from fvlens.analyses.names import CHEAP_STRATEGIES, DEFAULT_STRATEGIES, STRATEGIES
 from fvlens.evaluate import evaluate
 from fvlens.heads.gradient import attribution_scores
 from fvlens.heads.scores import HeadScores
@@ -47,11 +48,6 @@ __all__ = ["STRATEGIES", "StrategyConfig", "mean_difference", "pca_direction",
            "gradient_scores", "build_strategies", "cosine_matrix", "run_strategies",
            "extract_vector", "CHEAP_STRATEGIES", "BASELINES", "Contrast",
            "contrast_pass", "paired_icl_prompts"]
-
-STRATEGIES = ("fv_aie", "fv_attnlrp", "fv_gradient", "mean_diff", "pca", "mean_diff_zs",
-              "pca_zs")
-DEFAULT_STRATEGIES = ("fv_aie", "mean_diff", "pca", "fv_gradient", "mean_diff_zs", "pca_zs")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
@@ -315,9 +311,6 @@ def run_strategies(model: HookedTransformer, task: str | Task,
     rec["head_scores"] = {m: s.to_json() for m, s in scores.items()}
     rec["seconds"] = time.perf_counter() - t0
     return rec, vectors
-
-
-CHEAP_STRATEGIES = ("fv_gradient", "mean_diff", "pca", "mean_diff_zs", "pca_zs")
 
 
 def extract_vector(model: HookedTransformer, task: str | Task, strategy: str = "mean_diff", *,

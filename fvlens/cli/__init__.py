@@ -268,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.set_defaults(func=cmd_report)
 
-    from fvlens.analyses.cli import add_parsers as add_analyses
-    from fvlens.relational.cli import add_parsers as add_relational
+    from fvlens.cli.analyses import add_parsers as add_analyses
+    from fvlens.cli.relational import add_parsers as add_relational
 
     add_relational(sub)
     add_analyses(sub)

@@ -1,7 +1,7 @@
 """Subcommands ``fvlens strategies``, ``fvlens transfer`` and ``fvlens frames``.
 
 ``add_parsers(subparsers)`` registers them on the ``fvlens`` parser (``fvlens.cli`` calls it);
-``python -m fvlens.analyses.cli …`` runs them without it. Each handler calls the library, prints
+``python -m fvlens.cli.analyses …`` runs them without it. Each handler calls the library, prints
 a table and writes ``DIR/results.json`` (with versions and machine) plus HTML figures.
 """
 
@@ -106,7 +106,7 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def _add_strategies(sub) -> None:
-    from fvlens.analyses.strategies import DEFAULT_STRATEGIES, STRATEGIES
+    from fvlens.analyses.names import DEFAULT_STRATEGIES, STRATEGIES
 
     s = sub.add_parser("strategies", help="compare task-vector extraction strategies "
                        "(head FV, mean difference, PCA, gradient heads) per layer")
@@ -199,7 +199,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def _add_transfer(sub) -> None:
-    from fvlens.analyses.strategies import CHEAP_STRATEGIES, STRATEGIES
+    from fvlens.analyses.names import CHEAP_STRATEGIES, STRATEGIES
 
     s = sub.add_parser("transfer", help="cross-task transfer matrix: task A's vector in "
                        "zero-shot prompts of task B")

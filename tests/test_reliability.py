@@ -1,0 +1,141 @@
+"""The reliability battery: bad inputs give one clean error (with the fix) before any work,
+and nothing is lost or left behind when a run goes wrong. The list is in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import fvlens.models
+from fvlens.cli import main
+from fvlens.evaluate import evaluate, evaluation_from_logits
+from fvlens.forward import forward_last
+from fvlens.hooks import assert_no_hooks
+from fvlens.prompts import zero_shot_prompts
+from fvlens.provenance import write_results
+from fvlens.tasks import load_task
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command loads a model: its checks must come first."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(fvlens.models, "load_model", refuse)
+
+
+@pytest.fixture
+def tiny_cli_model(monkeypatch, tiny_tok_model):
+    monkeypatch.setattr(fvlens.models, "load_model", lambda *a, **k: tiny_tok_model)
+    return tiny_tok_model
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+# --- options and outputs, before the model loads ----------------------------------------
+
+
+def test_out_that_is_a_file(no_model, tmp_path, capsys):
+    f = tmp_path / "results.txt"
+    f.write_text("x")
+    assert main(["run", "--tasks", "capitalize", "--out", str(f)]) == 2
+    err = _error(capsys)
+    assert "fvlens: error: --out" in err and "is a file" in err
+
+
+def test_out_that_cannot_be_created(no_model, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--tasks", "capitalize", "--out", str(blocker / "sub")]) == 2
+    assert "not a writable directory" in _error(capsys)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--tasks", ""], "tasks is empty"),
+    (["run", "--tasks", " , "], "tasks is empty"),
+    (["run", "--tasks", "no-such-task"], "unknown task"),
+    (["run", "--select", "magic"], "unknown selection"),
+    (["run", "--shots", "0"], "shots must be ≥ 1 in ICL mode"),
+    (["baseline", "--tasks", ""], "--tasks is empty"),
+])
+def test_bad_run_settings(no_model, tmp_path, capsys, argv, message):
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    assert message in _error(capsys)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--k", "0"], "must be ≥ 1"),
+    (["run", "--k-sweep", "abc"], "comma-separated integers"),
+    (["run", "--k-sweep", "5,-1"], "≥ 1"),
+    (["run", "--samples", "x"], "expected an integer"),
+])
+def test_bad_numbers_are_argparse_errors(no_model, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_k_beyond_the_model_is_refused_before_scoring(tiny_cli_model, tmp_path, capsys,
+                                                     monkeypatch):
+    import fvlens.plan
+
+    monkeypatch.setattr(fvlens.plan, "prepare_task",
+                        lambda *a, **k: pytest.fail("work started before k was checked"))
+    total = tiny_cli_model.cfg.n_layers * tiny_cli_model.cfg.n_heads
+    for argv in (["--k", "100000"], ["--k-sweep", "5,100000"]):
+        assert main(["run", "--tasks", "antonym", *argv, "--out", str(tmp_path / "o")]) == 2
+        assert f"choose k in [1, {total}]" in _error(capsys)
+
+
+def test_a_run_whose_tasks_are_all_skipped_fails(tiny_cli_model, tmp_path, capsys):
+    # a random tiny model answers no ICL prompt: every task is skipped, with its reason
+    out = tmp_path / "o"
+    assert main(["run", "--tasks", "antonym", "--k", "4", "--shots", "2", "--samples", "2",
+                 "--n-test", "4", "--out", str(out)]) == 1
+    err = _error(capsys)
+    assert "every task was skipped" in err and "antonym" in err
+    res = json.loads((out / "results.json").read_text())
+    assert "answers none" in res["tasks"]["antonym"]["skipped"]
+    assert_no_hooks(tiny_cli_model)
+
+
+# --- results files ----------------------------------------------------------------------
+
+
+def test_results_are_valid_json_with_nan_and_inf(tmp_path):
+    path = write_results(tmp_path, {"a": math.nan, "b": [1.0, math.inf], "c": {"d": -math.inf},
+                                    "e": (0.5, "x")})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": {"d": None},
+                                            "e": [0.5, "x"]}
+
+
+# --- library inputs ---------------------------------------------------------------------
+
+
+def test_prompt_longer_than_the_context(tiny_tok_model):
+    n_ctx = tiny_tok_model.cfg.n_ctx
+    tokens = torch.ones(1, n_ctx + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"{n_ctx + 1} tokens exceeds the model's context of "
+                                         f"{n_ctx}"):
+        forward_last(tiny_tok_model, tokens)
+
+
+def test_unknown_hook_name_in_evaluate(tiny_tok_model):
+    batch = zero_shot_prompts(tiny_tok_model, load_task("antonym").pairs[:2])
+    with pytest.raises(ValueError, match="unknown hook point 'blocks.0.hook_resid_psot'.*close"):
+        evaluate(tiny_tok_model, batch, fwd_hooks=[("blocks.0.hook_resid_psot", lambda x, h: x)])
+    assert_no_hooks(tiny_tok_model)
+
+
+def test_target_outside_the_vocabulary():
+    with pytest.raises(ValueError, match=r"target ids must be in \[0, 5\)"):
+        evaluation_from_logits(torch.zeros(2, 5), torch.tensor([1, 7]))
