@@ -252,7 +252,8 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
         rec: dict[str, Tensor] = {}
 
         def keep(x: Tensor, hook, last: bool) -> None:
-            rec[hook.name] = x[:, -1] if last else x[:, :-1]
+            # the last position copied, so the full activation is freed; keys/values viewed
+            rec[hook.name] = x[:, -1].clone() if last else x[:, :-1]
 
         hooks = []
         for layer in range(n_layers):
