@@ -25,7 +25,7 @@ BUDGET_ATOL = 1e-9  # budget identities in float64: only summation round-off rem
 BROKEN_MIN = 1e-3  # a missing rule must miss its budget by at least this much
 RULE_ATOL = 1e-5  # closed forms on small float32 tensors (lxt's tolerance)
 # Fast and reference AIE compute the same probabilities with different batch shapes and
-# summation order (float32): round-off only. Measured: <= 3.4e-8 on every family.
+# summation order (float32): round-off only (benchmarks/results/families.json: <= 5e-8).
 FAST_VS_REFERENCE_ATOL = 1e-6
 BATCH_ATOL = 1e-5  # a prompt in a padded batch vs alone, float32 (different reductions)
 
