@@ -19,7 +19,10 @@ Two implementations compute the same numbers:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -30,7 +33,7 @@ from transformer_lens.HookedTransformer import apply_softcap
 
 from fvlens.forward import final_logits, forward_last
 from fvlens.hooks import HookList, hook_name
-from fvlens.prompts import PromptBatch
+from fvlens.batch import PromptBatch
 
 __all__ = ["patch_head_hooks", "indirect_effects_reference", "indirect_effects_fast",
            "indirect_effects"]
@@ -96,10 +99,12 @@ def indirect_effects_fast(
     (prompt, head) gets one row that carries only the last token from the head's layer to the
     logits, attending to the recorded keys and values. Rows of all patched layers go through
     each block together (one call per layer), so the weights are read once per layer. The
-    patched head's own layer needs no attention at all: its output differs from the
-    unpatched one by exactly ``(mean_h - z_h) @ W_O[L, h]``. Architectures whose blocks this
-    path does not reproduce (see ``_shared_prefix_supported``) use TransformerLens's own
-    key/value cache instead, which is slower but equally exact.
+    patched head's own layer needs no attention at all: its attention output is recomputed
+    from the recorded ``z`` with the head's entry replaced. The blocks are reproduced with
+    q/k norms, post-attention/post-MLP norms, local attention windows, soft-capped scores,
+    parallel attention+MLP and GQA. Architectures whose blocks this path does not reproduce
+    (see ``_shared_prefix_supported``) use TransformerLens's own blocks and key/value cache
+    instead (each prompt's keys and values shared by its head rows), slower but equally exact.
 
     Args:
         model: the model.
@@ -118,7 +123,9 @@ def indirect_effects_fast(
 
 
 def _indirect_effects_kv_cache(model, corrupted, mean_z, *, batch_size, progress):
-    """The fast path through TransformerLens's key/value cache (any architecture)."""
+    """The fast path through TransformerLens's own blocks and key/value cache (any
+    architecture). Each prompt's prefix keys and values are stored once and shared by its
+    ``n_heads`` rows (``_SharedPrefixEntry``), never copied per head or per layer."""
     cfg = model.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     device = cfg.device
@@ -143,12 +150,11 @@ def _indirect_effects_kv_cache(model, corrupted, mean_z, *, batch_size, progress
         with model.hooks(fwd_hooks=[(n, grab) for n in names]):
             logits = model(tokens[:, -1:], attention_mask=mask[:, -1:], past_kv_cache=cache)
         base = _target_probs(logits[:, -1], chunk.targets)
-        full_mask = cache.previous_attention_mask.new_ones(p, 1)
-        full_mask = torch.cat([cache.previous_attention_mask, full_mask], dim=1)
-        heads = torch.arange(n_heads, device=device).repeat(p)  # row r patches head r % H
+        rows_mask = mask.repeat_interleave(n_heads, dim=0)  # row r: prompt r // H, head r % H
+        rows_cache = _rows_sharing_prefix(cache, n_heads)
+        heads = torch.arange(n_heads, device=device).repeat(p)
         # 3. Per layer: every head patched, one row each, from that layer up.
         for layer in range(n_layers):
-            rows_cache = _repeat_cache(cache, n_heads, from_layer=layer)
             resid = resid_pre[layer].repeat_interleave(n_heads, dim=0)
             value = mean_z[layer].to(device=device, dtype=resid.dtype)[heads]
 
@@ -159,15 +165,50 @@ def _indirect_effects_kv_cache(model, corrupted, mean_z, *, batch_size, progress
 
             with model.hooks(fwd_hooks=[(hook_name("z", layer), patch)]):
                 x = model(resid, start_at_layer=layer, stop_at_layer=n_layers,
-                          attention_mask=full_mask.repeat_interleave(n_heads, dim=0),
-                          past_kv_cache=rows_cache)
-            logits = final_logits(model, x[:, -1])
-            probs = _target_probs(logits, chunk.targets.repeat_interleave(n_heads))
+                          attention_mask=rows_mask, past_kv_cache=rows_cache)
+            probs = _target_probs(final_logits(model, x[:, -1]),
+                                  chunk.targets.repeat_interleave(n_heads))
             out[row:row + p, layer] = probs.view(p, n_heads) - base[:, None]
             bar.update()
         row += p
     bar.close()
     return out
+
+
+@dataclasses.dataclass
+class _SharedPrefixEntry(TransformerLensKeyValueCacheEntry):
+    """A frozen cache entry holding each prompt's prefix keys/values once for ``n_rows``
+    consecutive rows: ``past_keys`` is ``[prompts, prefix, kv_heads, d_head]`` and ``append``
+    builds the ``[prompts * n_rows, prefix + 1, ...]`` keys of one block call in one tensor
+    (the only per-row memory, freed after the call)."""
+
+    n_rows: int = 1
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        return (_with_shared_prefix(self.past_keys, new_keys, self.n_rows),
+                _with_shared_prefix(self.past_values, new_values, self.n_rows))
+
+
+def _with_shared_prefix(prefix: Tensor, new: Tensor, n_rows: int) -> Tensor:
+    """``[p, t, ...]`` prefix and ``[p * n_rows, 1, ...]`` new rows -> ``[p * n_rows, t + 1,
+    ...]``, row ``r`` reading prompt ``r // n_rows``'s prefix."""
+    p, t = prefix.shape[:2]
+    out = new.new_empty((p * n_rows, t + new.shape[1], *new.shape[2:]))
+    out.view(p, n_rows, *out.shape[1:])[:, :, :t] = prefix[:, None]
+    out[:, t:] = new
+    return out
+
+
+def _rows_sharing_prefix(cache: TransformerLensKeyValueCache, n_rows: int
+                         ) -> TransformerLensKeyValueCache:
+    """A frozen cache whose rows ``r`` read prompt ``r // n_rows``'s keys and values of
+    ``cache`` (no copy)."""
+    entries = [_SharedPrefixEntry(past_keys=e.past_keys, past_values=e.past_values,
+                                  frozen=True, n_rows=n_rows) for e in cache.entries]
+    previous = cache.previous_attention_mask
+    previous = previous[:, None].expand(-1, n_rows, -1).reshape(-1, previous.shape[-1])
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=previous,
+                                        frozen=True)
 
 
 def _shared_prefix_supported(model: HookedTransformer) -> str | None:
@@ -176,18 +217,17 @@ def _shared_prefix_supported(model: HookedTransformer) -> str | None:
     from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES
 
     cfg = model.cfg
+    rotary = cfg.positional_embedding_type == "rotary"
     checks = {
-        "positional embedding": cfg.positional_embedding_type in ("rotary", "standard"),
-        "post-norm block": cfg.original_architecture not in POST_NORM_ARCHITECTURES,
+        "positional embedding": rotary or cfg.positional_embedding_type == "standard",
+        "post-norm block (OLMo 2/3)": cfg.original_architecture not in POST_NORM_ARCHITECTURES,
         "OLMo qk-norm": not str(cfg.original_architecture).startswith("Olmo"),
-        "parallel attention and MLP": not cfg.parallel_attn_mlp,
+        "q/k norm without rotary embeddings": rotary or not cfg.use_qk_norm,
         "attention-only": not cfg.attn_only,
-        "norm after sub-layers": not cfg.use_normalization_before_and_after,
         "split qkv input": not (cfg.use_split_qkv_input or cfg.use_attn_in),
         "attention sinks": not cfg.use_attention_sinks,
         "log-n attention": not cfg.use_logn_attn,
         "qkv clipping": cfg.clip_qkv is None,
-        "local attention": not cfg.attn_types or set(cfg.attn_types) == {"global"},
         "4-bit weights": not cfg.load_in_4bit,
         "attention result hook": not cfg.use_attn_result,
         "causal attention": cfg.attention_dir == "causal",
@@ -203,44 +243,48 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
     out = torch.zeros(len(corrupted), n_layers, n_heads)
     chunks = corrupted.chunks(batch_size)
     bar = tqdm(total=len(chunks) * n_layers, desc="AIE (fast)", disable=not progress)
+    heads = torch.arange(n_heads, device=device)
     row = 0
     for chunk in chunks:
         tokens, mask = chunk.tokens.to(device), chunk.attention_mask.to(device)
         p = len(chunk)
         # 1. One unpatched pass: every layer's keys and values, and at the last token each
-        #    layer's resid_mid and z.
+        #    layer's resid_pre and z (and, for parallel blocks, the MLP output).
         rec: dict[str, Tensor] = {}
 
         def keep(x: Tensor, hook, last: bool) -> None:
-            rec[hook.name] = x[:, -1] if last else x[:, :-1]
+            # the last position copied, so the full activation is freed; keys/values viewed
+            rec[hook.name] = x[:, -1].clone() if last else x[:, :-1]
 
         hooks = []
         for layer in range(n_layers):
             hooks += [(hook_name("rot_k" if rotary else "k", layer),
                        lambda x, hook: keep(x, hook, False)),
                       (hook_name("v", layer), lambda x, hook: keep(x, hook, False)),
-                      (hook_name("resid_mid", layer), lambda x, hook: keep(x, hook, True)),
+                      (hook_name("resid_pre", layer), lambda x, hook: keep(x, hook, True)),
                       (hook_name("z", layer), lambda x, hook: keep(x, hook, True))]
+            if cfg.parallel_attn_mlp:
+                hooks.append((hook_name("mlp_out", layer), lambda x, hook: keep(x, hook, True)))
         with model.hooks(fwd_hooks=hooks):
             base = _target_probs(forward_last(model, tokens, mask), chunk.targets)
         # 2. Layer by layer, one row per (prompt, patched head). A head of layer L enters as
-        #    a change of L's attention output; its row then carries only the last token
-        #    through the layers above L, together with the rows of every lower layer's heads
-        #    (one block call per layer, rows growing by n_heads per layer: the weights are
-        #    read once per layer, not once per (patched layer, layer) pair).
+        #    L's attention output recomputed with that head's z replaced; its row then carries
+        #    only the last token through the layers above L, together with the rows of every
+        #    lower layer's heads (one block call per layer, rows growing by n_heads per layer:
+        #    the weights are read once per layer, not once per (patched layer, layer) pair).
         x: Tensor | None = None  # [p, rows so far, d_model]
         for layer in range(n_layers):
-            block = model.blocks[layer]
             if x is not None:
                 rows = x.shape[1]
                 x = _last_token_block(model, layer, x.reshape(p * rows, 1, -1), rec,
                                       mask.repeat_interleave(rows, dim=0), n_rows=rows)
                 x = x.view(p, rows, -1)
-            z = rec[hook_name("z", layer)]  # [p, H, d_head]
-            delta = torch.einsum("phd,hdm->phm", mean_z[layer].to(z)[None] - z,
-                                 block.attn.W_O)  # [p, H, d_model]
-            new = (rec[hook_name("resid_mid", layer)][:, None, :] + delta).contiguous()
-            new = new + block.apply_mlp(block.ln2(new))
+            z = rec[hook_name("z", layer)][:, None].repeat(1, n_heads, 1, 1)  # [p, H, H, d]
+            z[:, heads, heads] = mean_z[layer].to(z)  # row h: head h patched
+            attn_out = _attention_output(model, layer, z.flatten(2))  # [p, H, d_model]
+            mlp_out = rec.get(hook_name("mlp_out", layer))
+            new = _residual_after(model, layer, rec[hook_name("resid_pre", layer)][:, None],
+                                  attn_out, None if mlp_out is None else mlp_out[:, None])
             x = new if x is None else torch.cat([x, new], dim=1)
             bar.update()
         assert x is not None
@@ -259,16 +303,40 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
 UNEMBED_ROWS = 256
 
 
+def _attention_output(model: HookedTransformer, layer: int, z: Tensor) -> Tensor:
+    """``z`` ``[..., n_heads * d_head]`` through W_O, b_O (as TransformerLens computes it)
+    and, where the block has one, the post-attention norm: what ``hook_attn_out`` sees."""
+    attn = model.blocks[layer].attn
+    w = attn.W_O.flatten(0, 1).T.contiguous()  # [d_model, n_heads * d_head]
+    out = F.linear(z.to(w.dtype), w, attn.b_O)
+    if model.cfg.use_normalization_before_and_after:
+        out = model.blocks[layer].ln1_post(out)
+    return out
+
+
+def _residual_after(model: HookedTransformer, layer: int, resid_pre: Tensor, attn_out: Tensor,
+                    mlp_out: Tensor | None = None) -> Tensor:
+    """The block's ``hook_resid_post`` from its input and attention output, in
+    TransformerLens's order of additions; a parallel block may pass its (unchanged)
+    ``mlp_out``."""
+    block = model.blocks[layer]
+    if model.cfg.parallel_attn_mlp:
+        if mlp_out is None:
+            mlp_out = block.apply_mlp(block.ln2(resid_pre))
+        return resid_pre + attn_out + mlp_out
+    mid = resid_pre + attn_out
+    return mid + block.apply_mlp(block.ln2(mid))
+
+
 def _last_token_block(model: HookedTransformer, layer: int, x: Tensor, rec: dict[str, Tensor],
                       rows_mask: Tensor, *, n_rows: int) -> Tensor:
     """Block ``layer`` for the last token only, ``n_rows`` rows per prompt, attending to the
     prompt's recorded keys and values (shared by its rows, never copied per row)."""
     cfg = model.cfg
-    block = model.blocks[layer]
-    attn = block.attn
+    attn = model.blocks[layer].attn
     rows, t = rows_mask.shape
     p = rows // n_rows
-    normed = block.ln1(x)
+    normed = model.blocks[layer].ln1(x)
     q, k, v = attn.calculate_qkv_matrices(normed, normed, normed)  # [rows, 1, heads, d]
     if cfg.positional_embedding_type == "rotary":
         q = attn.apply_rotary(q, t - 1, rows_mask)
@@ -285,32 +353,14 @@ def _last_token_block(model: HookedTransformer, layer: int, x: Tensor, rec: dict
     scores_self = (qg * kg).sum(-1, keepdim=True) / attn.attn_scale
     scores = torch.cat([scores_prefix, scores_self], dim=-1)
     scores = apply_softcap(scores, cfg.attn_scores_soft_cap)
-    pad = rows_mask.view(p, n_rows, t)[:, 0] == 0  # [p, t]
-    scores = scores.masked_fill(pad[:, None, None, None, :], float("-inf"))
+    hidden = rows_mask.view(p, n_rows, t)[:, 0] == 0  # [p, t]: padding
+    if attn.attn_type == "local":  # the last query (position t-1) sees t-window .. t-1
+        hidden = hidden | (torch.arange(t, device=hidden.device) < t - cfg.window_size)
+    scores = scores.masked_fill(hidden[:, None, None, None, :], float("-inf"))
     pattern = scores.softmax(-1)
     z = torch.einsum("prkgt,ptkd->prkgd", pattern[..., :-1], values) + pattern[..., -1:] * vg
-    z = z.reshape(rows, 1, cfg.n_heads * d)
-    attn_out = z @ attn.W_O.reshape(cfg.n_heads * d, cfg.d_model) + attn.b_O
-    x = x + attn_out
-    return x + block.apply_mlp(block.ln2(x))
-
-
-def _repeat_cache(cache: TransformerLensKeyValueCache, times: int, *, from_layer: int
-                  ) -> TransformerLensKeyValueCache:
-    """A frozen copy of ``cache`` with every batch row repeated ``times`` (layers below
-    ``from_layer`` are left empty: those blocks are skipped)."""
-    entries = []
-    for i, e in enumerate(cache.entries):
-        if i < from_layer:
-            entries.append(e)
-            continue
-        entries.append(TransformerLensKeyValueCacheEntry(
-            past_keys=e.past_keys.repeat_interleave(times, dim=0),
-            past_values=e.past_values.repeat_interleave(times, dim=0), frozen=True))
-    return TransformerLensKeyValueCache(
-        entries=entries,
-        previous_attention_mask=cache.previous_attention_mask.repeat_interleave(times, dim=0),
-        frozen=True)
+    attn_out = _attention_output(model, layer, z.reshape(rows, 1, cfg.n_heads * d))
+    return _residual_after(model, layer, x, attn_out)
 
 
 def indirect_effects(

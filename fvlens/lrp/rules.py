@@ -4,6 +4,11 @@ Each rule keeps the forward value bit-exact and changes only the gradient, so th
 input obeys LRP: identity rule for element-wise nonlinearities and norms, uniform rule for
 products of two activations (Q·Kᵀ, A·V, the gate of a gated MLP); softmax keeps its ordinary
 gradient, which *is* the paper's softmax rule (Prop. 3.1). https://arxiv.org/abs/2402.05602
+
+Norms inside the attention (Qwen3/Gemma 3 ``attn.q_norm``/``attn.k_norm``) and after the
+sublayers (Gemma 2/3 ``ln1_post``/``ln2_post``) are norms like any other: their
+``hook_scale`` is detached. Gemma 2's tanh soft-caps are element-wise nonlinearities: identity
+rule, at the attention scores and at the output logits.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities.activation_functions import softcap_enabled
 
 from fvlens.hooks import HookList, check_hook_names
 
-__all__ = ["attnlrp_hooks", "gated_product_rule", "identity_rule", "norm_rule", "uniform_rule"]
+__all__ = ["attnlrp_hooks", "gated_product_rule", "identity_rule", "norm_rule",
+           "softcap_input_rule", "uniform_rule"]
 
 class _ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by ``factor`` in the backward."""
@@ -46,10 +53,12 @@ def uniform_rule(x: Tensor, n_inputs: int = 2) -> Tensor:
 
 
 def _ratio(post: Tensor, pre: Tensor) -> Tensor:
-    """``post / pre`` where ``pre`` is not ~0, else 0 (the relevance there is ~0 anyway)."""
+    """``post / pre`` where ``pre`` is not ~0 and ``post`` is finite, else 0 (the relevance
+    there is ~0 anyway; ``post = -inf`` marks a masked attention score)."""
     tiny = torch.finfo(pre.dtype).tiny
-    safe = torch.where(pre.abs() > tiny, pre, torch.ones_like(pre))
-    return torch.where(pre.abs() > tiny, post / safe, torch.zeros_like(pre)).detach()
+    ok = (pre.abs() > tiny) & torch.isfinite(post)
+    safe = torch.where(ok, pre, torch.ones_like(pre))
+    return torch.where(ok, post / safe, torch.zeros_like(pre)).detach()
 
 
 def identity_rule(pre: Tensor, post: Tensor) -> Tensor:
@@ -79,6 +88,41 @@ def gated_product_rule(
     """
     surrogate = uniform_rule(pre * _ratio(act, pre) * pre_linear)
     return _value_with_grad_of(post, surrogate)
+
+
+class _SoftcapInputGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies by ``(s / x) / tanh'(x / cap)`` where
+    ``s = cap * tanh(x / cap)``: undoes the tanh derivative and applies the identity rule."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cap: float) -> Tensor:  # type: ignore[override]
+        y = torch.tanh(x / cap)
+        slope = 1 - y * y  # tanh'(x / cap), as autograd will apply it
+        factor = torch.where(slope > 0, _ratio(cap * y, x) / torch.where(slope > 0, slope, 1),
+                             torch.zeros_like(x))
+        ctx.save_for_backward(factor)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (factor,) = ctx.saved_tensors
+        return grad * factor, None
+
+
+def softcap_input_rule(x: Tensor, cap: float) -> Tensor:
+    """Identity rule (AttnLRP Eq. 9) for a soft-cap ``s = cap * tanh(x / cap)`` that code
+    downstream applies to the returned tensor (TransformerLens caps the output logits after
+    ``unembed.hook_out``, where no hook can reach).
+
+    Returns ``x`` bit-exact. In the backward pass the gradient that arrives through the cap,
+    ``g * tanh'(x / cap)``, is rescaled to ``g * s / x``, so that ``x * grad = s * g``:
+    relevance passes the cap unchanged. Where ``tanh'`` has underflowed to 0 in the tensor's
+    dtype (``|x| >~ 9 * cap`` in float32) the incoming gradient is already 0 and the relevance
+    of that entry is lost; it is exact everywhere else. The rescaled gradient exists only
+    upstream of the returned tensor: a hook reading the same hook point after this rule sees
+    the gradient through the cap, ``g * tanh'(x / cap)``.
+    """
+    return _SoftcapInputGrad.apply(x, cap)
 
 
 def norm_rule(scale: Tensor) -> Tensor:
@@ -127,11 +171,57 @@ def _mlp_hooks(model: HookedTransformer, layer: int) -> HookList:
     return hooks + [(f"{name}.hook_post", post_hook)]
 
 
+def _softcap_scores_hooks(model: HookedTransformer, layer: int) -> HookList:
+    """Soft-capped scores ``s = cap * tanh(q·kᵀ / scale)`` (Gemma 2): the uniform rule on the
+    product (Prop. 3.3), then the identity rule (Eq. 9) on the cap.
+
+    TransformerLens caps inside ``calculate_attention_scores``, before ``hook_attn_scores``,
+    with no hook in between. So the hooks keep ``hook_rot_q``/``hook_rot_k`` and recompute the
+    pre-cap product at ``hook_attn_scores``; the hooked scores keep their value bit-exact and
+    their gradient flows only through the recomputed product, scaled by ``s / (q·kᵀ/scale)``.
+    """
+    attn = model.blocks[layer].attn
+    name = f"blocks.{layer}.attn"
+    group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
+    cache: dict[str, Tensor] = {}
+
+    def store(key: str):
+        def fn(x: Tensor, hook: HookPoint) -> None:
+            cache[key] = x
+
+        return fn
+
+    def scores_hook(scores: Tensor, hook: HookPoint) -> Tensor:
+        q, k = cache.pop("q"), cache.pop("k")
+        if group > 1:
+            k = k.repeat_interleave(group, dim=2)
+        product = uniform_rule(torch.einsum("bqhd,bkhd->bhqk", q, k) / attn.attn_scale)
+        # Masked scores (-inf) take no gradient, as TransformerLens's mask does (a fully
+        # masked padding row has a NaN softmax gradient).
+        product = torch.where(torch.isfinite(scores), product, torch.zeros_like(product))
+        return identity_rule(product, scores)
+
+    return [(f"{name}.hook_rot_q", store("q")), (f"{name}.hook_rot_k", store("k")),
+            (f"{name}.hook_attn_scores", scores_hook)]
+
+
+def _output_softcap_hook(model: HookedTransformer):
+    cap = model.cfg.output_logits_soft_cap
+
+    def fn(logits: Tensor, hook: HookPoint) -> Tensor:
+        return softcap_input_rule(logits, cap)
+
+    return fn
+
+
 def _check_supported(model: HookedTransformer) -> None:
     cfg = model.cfg
     problems = []
-    if cfg.attn_scores_soft_cap > 0 or cfg.output_logits_soft_cap > 0:
-        problems.append("tanh soft-capping (attn_scores_soft_cap / output_logits_soft_cap)")
+    if softcap_enabled(cfg.attn_scores_soft_cap) and cfg.positional_embedding_type != "rotary":
+        problems.append("soft-capped attention without rotary embeddings (the rule recomputes "
+                        "the pre-cap scores from hook_rot_q/hook_rot_k)")
+    if softcap_enabled(cfg.attn_scores_soft_cap) and cfg.use_logn_attn:
+        problems.append("soft-capped attention with log-n query scaling")
     if cfg.use_attention_sinks:
         problems.append("attention sinks (use_attention_sinks)")
     if cfg.num_experts:
@@ -141,17 +231,22 @@ def _check_supported(model: HookedTransformer) -> None:
     if problems:
         raise NotImplementedError(
             "attnlrp_hooks has no rule yet for " + "; ".join(problems)
-            + ". Supported: LayerNorm/RMSNorm, (gated) MLPs with element-wise activations, "
-            "softmax attention with rotary/standard positions and GQA."
+            + ". Supported: LayerNorm/RMSNorm (also as q/k norms and post-norms), (gated) MLPs "
+            "with element-wise activations, softmax attention with rotary/standard positions, "
+            "GQA, local windows, parallel attention+MLP, tanh soft-capping (rotary models)."
         )
 
 
 def attnlrp_hooks(model: HookedTransformer) -> HookList:
     """The AttnLRP rules for ``model`` as a hook list (forward values unchanged).
 
-    Norms: ``*.hook_scale`` detached. Attention: gradient halved at ``attn.hook_attn_scores``
-    (Q·Kᵀ) and ``attn.hook_z`` (A·V); softmax untouched. MLP: identity rule on the
-    activation, and in gated MLPs the uniform rule on the gate product, at ``mlp.hook_post``.
+    Norms: ``*.hook_scale`` detached (``ln1``, ``ln2``, ``ln_final``, and where the model has
+    them ``attn.q_norm``, ``attn.k_norm``, ``ln1_post``, ``ln2_post``). Attention: gradient
+    halved at ``attn.hook_attn_scores`` (Q·Kᵀ) and ``attn.hook_z`` (A·V); softmax untouched;
+    a tanh soft-cap on the scores gets the identity rule (``_softcap_scores_hooks``). MLP:
+    identity rule on the activation, and in gated MLPs the uniform rule on the gate product,
+    at ``mlp.hook_post``. Output soft-cap: identity rule at ``unembed.hook_out``, so the
+    relevance sums to the capped logit the model outputs.
 
     Args:
         model: a HookedTransformer (parameters untouched).
@@ -163,9 +258,14 @@ def attnlrp_hooks(model: HookedTransformer) -> HookList:
     _check_supported(model)
     hooks: HookList = [(n, _norm_hook) for n in model.hook_dict if n.endswith("hook_scale")]
     for layer in range(model.cfg.n_layers):
-        hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_hook))
+        if softcap_enabled(model.cfg.attn_scores_soft_cap):
+            hooks += _softcap_scores_hooks(model, layer)
+        else:
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_hook))
         hooks.append((f"blocks.{layer}.attn.hook_z", _uniform_hook))
         if not model.cfg.attn_only:
             hooks += _mlp_hooks(model, layer)
+    if softcap_enabled(model.cfg.output_logits_soft_cap):
+        hooks.append(("unembed.hook_out", _output_softcap_hook(model)))
     check_hook_names(model, hooks)
     return hooks
