@@ -23,6 +23,7 @@ from fvlens.lrp import (
     identity_rule,
     norm_rule,
     relevance_at,
+    softcap_input_rule,
     uniform_rule,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "identity_rule",
     "norm_rule",
     "relevance_at",
+    "softcap_input_rule",
     "uniform_rule",
 ]

@@ -7,6 +7,7 @@ from fvlens.lrp.rules import (
     gated_product_rule,
     identity_rule,
     norm_rule,
+    softcap_input_rule,
     uniform_rule,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "identity_rule",
     "norm_rule",
     "relevance_at",
+    "softcap_input_rule",
     "uniform_rule",
 ]
