@@ -139,3 +139,42 @@ def test_unknown_hook_name_in_evaluate(tiny_tok_model):
 def test_target_outside_the_vocabulary():
     with pytest.raises(ValueError, match=r"target ids must be in \[0, 5\)"):
         evaluation_from_logits(torch.zeros(2, 5), torch.tensor([1, 7]))
+
+
+# --- long runs keep what is done ---------------------------------------------------------
+
+
+def _finished_run(model, tmp_path, **cfg_fields):
+    from fvlens.pipeline import run_settings
+    from fvlens.plan import RunConfig
+    from fvlens.results import Accuracy, RunResult, Steered, TaskResult
+
+    cfg = RunConfig(tasks=("antonym",), k=4, shots=2, n_samples=2, n_test=4, **cfg_fields)
+    done = TaskResult(n_test=4, n=3, baselines={"zero_shot": Accuracy(top1=0.0, n=3)},
+                      steered={"aie": {"fv": Steered(accuracy=Accuracy(top1=2 / 3, n=3),
+                                                     layer=1)}})
+    previous = RunResult(model="smollm2-135m", settings=run_settings(model, cfg),
+                         tasks={"antonym": done})
+    out = tmp_path / "o"
+    write_results(out, previous.to_json())
+    return out
+
+
+def test_resume_keeps_finished_tasks(tiny_cli_model, tmp_path, monkeypatch, capsys):
+    import fvlens.pipeline
+
+    out = _finished_run(tiny_cli_model, tmp_path)
+    monkeypatch.setattr(fvlens.pipeline, "prepare_task",
+                        lambda *a, **k: pytest.fail("a finished task was run again"))
+    assert main(["run", "--tasks", "antonym", "--k", "4", "--shots", "2", "--samples", "2",
+                 "--n-test", "4", "--out", str(out), "--resume"]) == 0
+    assert "1 finished task(s) kept" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["tasks"]["antonym"]["steered"]["aie"]["fv"]["top1"] == pytest.approx(2 / 3)
+
+
+def test_resume_refuses_other_settings(tiny_cli_model, tmp_path, capsys):
+    out = _finished_run(tiny_cli_model, tmp_path)
+    assert main(["run", "--tasks", "antonym", "--k", "5", "--shots", "2", "--samples", "2",
+                 "--n-test", "4", "--out", str(out), "--resume"]) == 2
+    assert "different: k" in _error(capsys)

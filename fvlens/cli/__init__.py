@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from fvlens.models import load_model
-    from fvlens.pipeline import run
+    from fvlens.pipeline import run, run_settings
     from fvlens.plan import RunConfig
     from fvlens.tasks import load_task
 
@@ -131,12 +131,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     for t in cfg.tasks:  # fail before the model loads
         load_task(t)
     out = output_dir(args.out)
+    previous = _previous_run(out) if args.resume else None
     model = load_model(args.model)
+    done = {}
+    if previous is not None:
+        done = _resumable(previous, args.model, run_settings(model, cfg))
+        print(f"resuming: {len(done)} finished task(s) kept from {out / 'results.json'}")
 
     def save(partial) -> None:
         write_results(out, dataclasses.replace(partial, model=args.model).to_json())
 
-    result = dataclasses.replace(run(model, cfg, on_task=save), model=args.model)
+    result = dataclasses.replace(run(model, cfg, on_task=save, done=done), model=args.model)
     print(_summary_table(result))
     print(f"wrote {write_results(out, result.to_json())}")
     from fvlens.report import write_report
@@ -148,6 +153,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  {n}: {why}" for n, why in skipped.items()), file=sys.stderr)
         return 1
     return 0
+
+
+def _previous_run(out: Path):
+    """The RunResult in ``out/results.json`` (None when there is none)."""
+    from fvlens.results import RunResult
+
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return RunResult.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--resume: {path} is not a readable results file ({err}); use another "
+                         "--out or drop --resume") from None
+
+
+def _resumable(previous, model: str, settings: dict) -> dict:
+    """The finished (not skipped) tasks of a previous run made with the same model and
+    settings; a ValueError naming what differs otherwise."""
+    differs = sorted(k for k in set(settings) | set(previous.settings)
+                     if k != "tasks" and settings.get(k) != previous.settings.get(k))
+    if previous.model != model:
+        differs.insert(0, "model")
+    if differs:
+        raise ValueError(f"--resume: the results in --out were made with other settings "
+                         f"(different: {', '.join(differs)}); use another --out or drop --resume")
+    return {n: t for n, t in previous.tasks.items()
+            if not t.skipped and n in settings["tasks"]}
 
 
 def _summary_table(result) -> str:
@@ -248,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AttnLRP frame in ICL prompts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/latest")
+    s.add_argument("--resume", action="store_true",
+                   help="keep the finished tasks of DIR/results.json (same model and settings) "
+                        "and run only the others")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("steer", help="continue a prompt with and without a task's vector")
