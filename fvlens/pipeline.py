@@ -192,9 +192,12 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
 
 
 def run_settings(model: HookedTransformer, cfg: RunConfig) -> dict:
-    """The ``settings`` of results.json: every ``RunConfig`` field and the weight processing."""
+    """The ``settings`` of results.json: every ``RunConfig`` field, the weight processing, and
+    the model's dtype and device."""
     meta = getattr(model, "fvlens_meta", {})
-    return json.loads(json.dumps(dataclasses.asdict(cfg) | {"processing": meta.get("processing")}))
+    extra = {"processing": meta.get("processing"), "dtype": meta.get("dtype"),
+             "device": str(model.cfg.device)}
+    return json.loads(json.dumps(dataclasses.asdict(cfg) | extra))
 
 
 def _globalise(scores: dict[str, dict[str, HeadScores]], plans: dict[str, TaskPlan],

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from fvlens.cli.common import add_model_args, load_from_args
 from fvlens.provenance import write_results
 
 __all__ = ["add_parsers", "cmd_finetune", "cmd_similarity", "cmd_analogies"]
@@ -44,7 +45,6 @@ def _add_finetune_options(s: argparse.ArgumentParser, *, steps: int = 60) -> Non
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.relational.decoding import relation_word_rank
     from fvlens.relational.finetune import held_out_comparison, save_vector
     from fvlens.steering import FunctionVector
@@ -53,7 +53,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     cfg = _finetune_cfg(args, inject=args.inject, init=args.init, k=args.k, n_test=args.n_test,
                         shots=args.shots)
-    model = load_model(args.model)
+    model = load_from_args(args)
     t0 = time.perf_counter()
     also = () if args.no_compare else ("random_init", "finetuned_other")
     res = held_out_comparison(model, task, cfg, also=also)
@@ -83,12 +83,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.relational.ratings import read_ratings
     from fvlens.relational.similarity import run_similarity
 
     rows = read_ratings(args.ratings)
-    model = load_model(args.model)
+    model = load_from_args(args)
     cfg = _finetune_cfg(args, init="zeros", inject="fv", val_fraction=0.25, test_fraction=0.2,
                         n_test=None)
     t0 = time.perf_counter()
@@ -119,7 +118,6 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_analogies(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.relational.analogies import (CONDITIONS, ITEM_RELATIONS, build_bank,
                                              evaluate_analogies, load_items)
     from fvlens.relational.composite import CompositeConfig, RelationBank
@@ -134,7 +132,7 @@ def cmd_analogies(args: argparse.Namespace) -> int:
     bad = set(conditions) - set(CONDITIONS)
     if bad:
         raise ValueError(f"unknown conditions {sorted(bad)}; choose from {CONDITIONS}")
-    model = load_model(args.model)
+    model = load_from_args(args)
     bank_dir = Path(args.bank)
     if not any(bank_dir.glob("*.safetensors")):
         if not args.build_bank:
@@ -163,7 +161,7 @@ def add_parsers(subparsers) -> None:
     """Register ``finetune``, ``similarity`` and ``analogies`` on ``fvlens``'s subparsers."""
     s = subparsers.add_parser("finetune", help="fine-tune a task's FV/DFV on a few pairs and "
                               "compare with extracted, random-init, zero-shot and ICL")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--task", required=True)
     s.add_argument("--init", default="aie", choices=["aie", "attnlrp", "zeros", "random"])
     s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
@@ -179,7 +177,7 @@ def add_parsers(subparsers) -> None:
 
     s = subparsers.add_parser("similarity", help="relation vectors vs human relation-"
                               "similarity ratings (Chen, Peterson & Griffiths 2017)")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--ratings", required=True, help="mean-ratings CSV")
     s.add_argument("--relations", type=int, default=None,
                    help="relation subtypes used (seeded subset; default all)")
@@ -198,7 +196,7 @@ def add_parsers(subparsers) -> None:
 
     s = subparsers.add_parser("analogies", help="A:B::C:? with composite FVs over a bank of "
                               "fine-tuned relation vectors, and baselines")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--items", default=None,
                    help=".jsonl (SAT style) or .csv (A,B,C,D[,D_foil]); default "
                         "tasks/analogies.jsonl")
