@@ -223,6 +223,7 @@ def read_entry(entry: Path, *, source: Source, source_file: Path | None,
     Args:
         device: where the weight tensors are read to (float32).
     """
+    atomic.sweep_stale(entry.parent, entry.name)  # temp folders of dead writers
     if not entry.exists():
         return None
     try:

@@ -164,7 +164,7 @@ def tl_config(hf: dict[str, Any], *, name: str, fold_ln: bool, default_prepend_b
                 str(folder), hf_cfg=hf, fold_ln=fold_ln, dtype=torch.float32,
                 default_prepend_bos=default_prepend_bos, device="cpu",
             )
-        except (NotImplementedError, KeyError, AttributeError, TypeError) as err:
+        except (NotImplementedError, ValueError, KeyError, AttributeError, TypeError) as err:
             raise unsupported(arch, err) from err
     cfg.model_name = name
     cfg.tokenizer_name = None

@@ -147,7 +147,7 @@ def load_model(
         cfg, info = conv.cfg, conv.info
         buffers = buffer_names(cfg)
         state = _unshared_layout(conv.state, buffers)
-        del conv.state
+        conv.state = None
         if use_cache:
             written = write_entry(entry, cfg=cfg, state=state, buffers=buffers,
                                   tokenizer=conv.tokenizer, source=source,
@@ -198,21 +198,22 @@ def _source_path(source: Source) -> Path | None:
 
 
 def _unshared_layout(state: dict[str, torch.Tensor], buffers: set[str]) -> dict[str, torch.Tensor]:
-    """No two parameters share memory (tied embeddings are copied), equal buffers are one
-    tensor, MLP/unembedding matrices in the transposed layout (see ``transposed_layout``)."""
+    """In place: no two parameters share memory (tied embeddings are copied), equal buffers
+    are one tensor, MLP/unembedding matrices in the transposed layout (``transposed_layout``).
+    Each replaced tensor is dropped at once, so the peak grows by one matrix, not a model."""
     seen: set[int] = set()
-    out = {}
-    for key, t in state.items():
-        if key not in buffers:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:
-                t = t.clone()
-            seen.add(t.untyped_storage().data_ptr())
-            if key.rsplit(".", 1)[-1] in TRANSPOSED and t.dim() == 2 and t.is_contiguous():
-                t = t.T.contiguous().T
-        out[key] = t
-    share_equal_buffers(out, buffers)
-    return out
+    for key in list(state):
+        if key in buffers:
+            continue
+        t = state[key]
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        if key.rsplit(".", 1)[-1] in TRANSPOSED and t.dim() == 2 and t.is_contiguous():
+            t = t.T.contiguous().T
+        state[key] = t
+    share_equal_buffers(state, buffers)
+    return state
 
 
 def _as_tl_tokenizer(tokenizer):
