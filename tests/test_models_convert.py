@@ -143,3 +143,25 @@ def test_other_conversion_version_is_a_different_entry(tmp_path, monkeypatch):
     model = load_model(model_dir)
     assert not model.fvlens_meta["from_cache"]
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_rotary_tables_are_hf_s(family, tmp_path, monkeypatch):
+    # The converted model's sin/cos tables equal HF's own rotary embedding bit for bit, at
+    # every position up to n_ctx (TL's formula differs by about an ulp of the angle).
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("FVLENS_CACHE", str(tmp_path / "cache"))
+    model_dir = tiny_hf_dir(tmp_path / family, family)
+    model = load_model(model_dir)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    pos = torch.arange(model.cfg.n_ctx)[None]
+    x = torch.zeros(1, 1, dtype=torch.float32)
+    for layer, block in enumerate(model.blocks):
+        if family == "gemma3":
+            kind = hf.config.layer_types[layer]
+            cos, sin = hf.model.rotary_emb(x, pos, kind)
+        else:
+            cos, sin = hf.model.rotary_emb(x, pos)
+        assert torch.equal(block.attn.rotary_sin, sin[0]), layer
+        assert torch.equal(block.attn.rotary_cos, cos[0]), layer

