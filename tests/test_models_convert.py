@@ -148,20 +148,60 @@ def test_other_conversion_version_is_a_different_entry(tmp_path, monkeypatch):
 @pytest.mark.parametrize("family", ["gemma3", "llama"])
 def test_rotary_tables_are_hf_s(family, tmp_path, monkeypatch):
     # The converted model's sin/cos tables equal HF's own rotary embedding bit for bit, at
-    # every position up to n_ctx (TL's formula differs by about an ulp of the angle).
+    # every position up to n_ctx (TL's formula differs by about an ulp of the angle), also past
+    # the 2,048 rows TL builds itself; the cached copy is the same, one table per layer type.
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("FVLENS_CACHE", str(tmp_path / "cache"))
-    model_dir = tiny_hf_dir(tmp_path / family, family)
+    model_dir = tiny_hf_dir(tmp_path / family, family, max_position_embeddings=3000)
     model = load_model(model_dir)
+    cached = load_model(model_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pos = torch.arange(model.cfg.n_ctx)[None]
+    pos = torch.arange(3000)[None]
     x = torch.zeros(1, 1, dtype=torch.float32)
-    for layer, block in enumerate(model.blocks):
-        if family == "gemma3":
-            kind = hf.config.layer_types[layer]
-            cos, sin = hf.model.rotary_emb(x, pos, kind)
-        else:
-            cos, sin = hf.model.rotary_emb(x, pos)
-        assert torch.equal(block.attn.rotary_sin, sin[0]), layer
-        assert torch.equal(block.attn.rotary_cos, cos[0]), layer
+    for loaded in (model, cached):
+        for layer, block in enumerate(loaded.blocks):
+            if family == "gemma3":
+                cos, sin = hf.model.rotary_emb(x, pos, hf.config.layer_types[layer])
+            else:
+                cos, sin = hf.model.rotary_emb(x, pos)
+            assert torch.equal(block.attn.rotary_sin, sin[0]), layer
+            assert torch.equal(block.attn.rotary_cos, cos[0]), layer
+    tables = {b.attn.rotary_sin.data_ptr() for b in cached.blocks}
+    assert len(tables) == (2 if family == "gemma3" else 1)
+    long = torch.randint(0, 60, (1, 2100))  # past TL's initial 2,048 rows: no re-extension
+    with torch.no_grad():
+        cached(long)
+    assert cached.blocks[0].attn.rotary_sin.shape[0] == 3000
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_in_place_rms_fold_equals_transformer_lens(family, tmp_path):
+    # The memory-lean fold must give TL's ProcessWeights result bit for bit.
+    from transformers import AutoModelForCausalLM
+    from transformer_lens.weight_processing import ProcessWeights
+
+    from fvlens.models.convert import _state_dict
+    from fvlens.models.processing import fold_rms_in_place
+
+    model_dir = tiny_hf_dir(tmp_path / family, family)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    cfg = tl_config(json.loads((model_dir / "config.json").read_text()), name=family,
+                    fold_ln=True, default_prepend_bos=False)
+    state = complete_state(cfg, _state_dict(hf, cfg))
+    ref = ProcessWeights.process_weights(dict(state), cfg, fold_ln=True,
+                                         center_writing_weights=False, center_unembed=False,
+                                         fold_value_biases=False)
+    ours = dict(state)
+    assert fold_rms_in_place(cfg, ours)
+    assert set(ours) == set(ref)
+    for key in ref:
+        assert torch.equal(ours[key], ref[key]), key
+
+
+def test_layer_norm_models_take_transformer_lens_path():
+    from conftest import tiny_config
+    from fvlens.models.processing import fold_rms_in_place
+
+    cfg = tiny_config("gpt2", normalization_type="LNPre")
+    assert not fold_rms_in_place(cfg, {})

@@ -9,7 +9,8 @@ second load takes about a second.
 
 Modules: ``specs`` (specs and the embedded registry), ``embedded`` (locating and assembling
 embedded files, ``download``), ``configs`` (HF config -> TL config, Gemma family included),
-``convert`` (the cold path), ``build`` (a model from a state dict, no random init), ``cache``
+``convert`` (the cold path), ``processing`` (TL's flags, in-place RMS folding), ``rotary``
+(HF-formula rotary tables), ``build`` (a model from a state dict, no random init), ``cache``
 (the weight cache), ``identity`` (cheap file identity), ``atomic`` (temp paths, sweeping,
 permissions), ``gguf_check`` (truncated GGUF files), ``fingerprint``, ``loader``
 (``load_model``).
@@ -19,7 +20,8 @@ from fvlens.models.build import transposed_layout
 from fvlens.models.convert import CONVERSION_VERSION
 from fvlens.models.embedded import download, embedded_gguf_path
 from fvlens.models.fingerprint import fingerprint, fingerprint_mismatch
-from fvlens.models.loader import DTYPES, Processing, load_model
+from fvlens.models.loader import DTYPES, load_model
+from fvlens.models.processing import Processing
 from fvlens.models.paths import cache_dir
 from fvlens.models.specs import EMBEDDED_MODELS, EmbeddedModel, Part
 

@@ -153,6 +153,15 @@ def build(cfg: HookedTransformerConfig, state: dict[str, torch.Tensor], *,
             moved[ident] = t.to(device=device, dtype=target)
         ready[key] = moved[ident]
     model.load_state_dict(ready, strict=True, assign=True)
+    # TL's attention swaps in its own buffer when a saved rotary table's length differs from
+    # the 2,048 rows it builds (fvlens.models.rotary stores all n_ctx rows): set those directly.
+    for key, t in ready.items():
+        if t.shape != slots[key].shape:
+            owner, _, name = key.rpartition(".")
+            setattr(model.get_submodule(owner), name, t)
+    meta = [k for k, t in model.state_dict().items() if t.is_meta]
+    if meta:
+        raise ValueError(f"tensors left unloaded: {meta[:5]}")
     model.eval()
     return model
 

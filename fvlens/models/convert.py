@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformerConfig
 
 from fvlens.models.build import complete_state, drop_folded_norms
 from fvlens.models.configs import architecture_of, tl_config, unsupported
+from fvlens.models.processing import Processing, process
 from fvlens.models.rotary import use_hf_rotary
 from fvlens.models.specs import Source
 
@@ -58,7 +59,7 @@ def tokenizer_adds_bos(tokenizer) -> bool:
     return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
 
 
-def convert_source(source: Source, path: Path | None, processing) -> Converted:
+def convert_source(source: Source, path: Path | None, processing: Processing) -> Converted:
     """Load and convert a source (``path``: the GGUF file or model folder to read).
 
     Raises:
@@ -77,8 +78,7 @@ def convert_source(source: Source, path: Path | None, processing) -> Converted:
     state = _state_dict(hf_model, cfg)
     del hf_model
     gc.collect()
-    state = _process(cfg, state, flags)
-    return Converted(cfg=cfg, state=state, tokenizer=tokenizer,
+    return Converted(cfg=cfg, state=_process(cfg, state, processing), tokenizer=tokenizer,
                      info={"architecture": architecture_of(hf)})
 
 
@@ -145,22 +145,10 @@ def _state_dict(hf_model, cfg: HookedTransformerConfig) -> dict[str, torch.Tenso
 
 
 def _process(cfg: HookedTransformerConfig, state: dict[str, torch.Tensor],
-             flags: dict[str, bool]) -> dict[str, torch.Tensor]:
+             processing: Processing) -> dict[str, torch.Tensor]:
     """Fill TL's buffers and defaults, then apply the processing flags in float32."""
-    from transformer_lens.weight_processing import ProcessWeights
-
-    fold_ln = flags["fold_ln"] and cfg.normalization_type in ("LNPre", "RMSPre")
     state = use_hf_rotary(cfg, complete_state(cfg, state))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        state = ProcessWeights.process_weights(
-            state, cfg, fold_ln=fold_ln,
-            center_writing_weights=flags["center_writing_weights"],
-            center_unembed=flags["center_unembed"],
-            fold_value_biases=flags["fold_value_biases"],
-            refactor_factored_attn_matrices=False,
-        )
-    return drop_folded_norms(cfg, state)
+    return drop_folded_norms(cfg, process(cfg, state, processing))
 
 
 def _convert_hub(name: str, flags: dict[str, bool]) -> Converted:

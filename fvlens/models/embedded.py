@@ -88,7 +88,7 @@ def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
     Raises:
         FileNotFoundError: a part is not installed; the message has the pip command.
         ValueError: the installed files do not form the expected file (the message says how to
-            reinstall).
+            reinstall), or the cache folder is not writable.
     """
     model = _get(name)
     missing = missing_parts(model)
@@ -106,7 +106,12 @@ def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
         return path
     if missing:
         raise _missing_error(model, missing)
-    return _assemble(model, path)
+    try:
+        return _assemble(model, path)
+    except OSError as err:
+        raise ValueError(
+            f"could not assemble {model.name} into {path} ({err}); set FVLENS_CACHE to a "
+            "writable folder with room for it") from err
 
 
 def _assembled_ok(model: EmbeddedModel, path: Path) -> bool:

@@ -24,38 +24,16 @@ from fvlens.models.convert import CONVERSION_VERSION, convert_source
 from fvlens.models.embedded import embedded_gguf_path
 from fvlens.models.gguf_check import check_gguf
 from fvlens.models.paths import cache_dir
+from fvlens.models.processing import Processing
 from fvlens.models.specs import Source, resolve
 
-__all__ = ["Processing", "load_model", "DTYPES"]
+__all__ = ["load_model", "DTYPES"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
                   "float": "float32"}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Processing:
-    """TransformerLens weight-processing flags, recorded on every loaded model.
-
-    The defaults keep the model's true logits and head outputs: ``center_unembed`` would shift
-    every logit by the vocabulary mean (log-probs unchanged, but the raw logit that AttnLRP
-    explains moves), ``center_writing_weights`` would shift the residual stream that function
-    vectors are added to, and ``fold_value_biases`` would move ``b_V`` out of ``hook_z``.
-    ``fold_ln`` only folds the norm gains into the next weights, which changes no activation
-    that fvlens reads.
-    """
-
-    fold_ln: bool = True
-    center_writing_weights: bool = False
-    center_unembed: bool = False
-    fold_value_biases: bool = False
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if not isinstance(getattr(self, f.name), bool):
-                raise ValueError(f"Processing.{f.name} must be a bool")
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -190,7 +168,10 @@ def _source_path(source: Source) -> Path | None:
     if source.kind == "embedded":
         return embedded_gguf_path(source.name)
     if source.kind == "gguf":
-        check_gguf(source.path)
+        try:
+            check_gguf(source.path)
+        except OSError as err:
+            raise ValueError(f"cannot read {source.path}: {err}") from err
         return Path(source.path)
     if source.kind == "hf_dir":
         return Path(source.path)

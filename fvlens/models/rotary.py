@@ -10,6 +10,10 @@ tokens), growing with position. With HF's formula the gap is 7e-5 at every posit
 tables carry the float32 rounding. So the tables follow HF's formula; this is not a sliding-window
 effect (the window masks agree exactly: tests/test_models_convert.py).
 
+The tables cover all ``n_ctx`` positions (TransformerLens starts with 2,048 rows and extends
+them with its own formula when a longer input comes; one shared table per attention type keeps
+the full length cheap: 16 MB for Qwen2.5-0.5B, 128 MB for Gemma 3 270M at 32k positions).
+
 Only plain rotary is rewritten (default rope, optionally TL's linear scaling of global layers);
 NTK-by-parts, YaRN, dynamic NTK and GPT-J's adjacent pairs keep TransformerLens's tables.
 """
@@ -58,7 +62,7 @@ def use_hf_rotary(cfg: HookedTransformerConfig,
         if kind not in tables:
             tables[kind] = hf_rotary_tables(cfg, kind)
         sin, cos = tables[kind]
-        if state[sin_key].shape != sin.shape:
+        if state[sin_key].shape[1:] != sin.shape[1:]:
             raise ValueError(f"{sin_key} has shape {tuple(state[sin_key].shape)}, HF's table "
                              f"{tuple(sin.shape)}")
         state[sin_key], state[f"blocks.{layer}.attn.rotary_cos"] = sin, cos

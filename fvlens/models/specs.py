@@ -179,7 +179,8 @@ def resolve(spec: str | Path) -> Source:
     Raises:
         FileNotFoundError: a ``.gguf`` path that does not exist, or a folder without
             ``config.json``.
-        ValueError: a spec of no accepted kind (the message lists the kinds and close names).
+        ValueError: a spec of no accepted kind (the message lists the kinds and close names),
+            or a GGUF file that cannot be read.
     """
     from fvlens.models.identity import edge_key
 
@@ -191,7 +192,11 @@ def resolve(spec: str | Path) -> Source:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
-        return Source(kind="gguf", name=path.stem, path=str(path.resolve()), key=edge_key(path))
+        try:
+            key = edge_key(path)
+        except OSError as err:
+            raise ValueError(f"cannot read the GGUF file {path}: {err}") from err
+        return Source(kind="gguf", name=path.stem, path=str(path.resolve()), key=key)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
