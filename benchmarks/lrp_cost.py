@@ -1,0 +1,123 @@
+"""AttnLRP's cost against a plain forward on the embedded model: time and peak memory; JSON.
+
+    python benchmarks/lrp_cost.py --out benchmarks/results/lrp_cost.json [--samples 4]
+
+Same prompts as benchmarks/heads.py (ICL prompts of the corrupted queries, ``--samples`` rows
+in one batch). Three calls are measured:
+
+- ``forward``: ``last_logits(model, clean, batch_size=n)``, the unit of cost;
+- ``attnlrp``: ``explain_batch`` alone (one forward and one backward under the rules);
+- ``attnlrp_with_filter``: the top-5 filter forward (``evaluate``) and then ``explain_batch``,
+  what head scoring costs while it does not read ``BatchRelevance.ranks``.
+
+Time: the minimum over ``--repeats`` after a warm-up, in this process. Peak memory: each call
+in its own fresh interpreter (benchmarks/memory.py: the resident-set high-water mark with
+glibc's mmap threshold at 64 KiB), as the total peak and as the increment over what was
+resident before the call (weights, prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from aie import setup, write_result
+from memory import measure_peak, run_isolated
+
+CALLS = ("forward", "attnlrp", "attnlrp_with_filter")
+
+
+def prepare(samples: int, shots: int, task_name: str):
+    from fvlens.models import load_model
+    from fvlens.prompts import icl_prompts
+    from fvlens.tasks import load_task
+
+    model = load_model()
+    _, _, corrupted = setup(model, task_name, samples, shots)
+    train, _ = load_task(task_name).split(seed=0)
+    clean = icl_prompts(model, corrupted.queries, train, shots=shots, seed=1)
+    return model, clean
+
+
+def call(model, clean, name: str):
+    """The zero-argument function measured as ``name``."""
+    from fvlens.attnlrp import explain_batch
+    from fvlens.evaluate import evaluate, last_logits
+
+    def lrp():
+        return explain_batch(model, clean.tokens, clean.targets,
+                             attention_mask=clean.attention_mask)
+
+    if name == "forward":
+        return lambda: last_logits(model, clean, batch_size=len(clean))
+    if name == "attnlrp":
+        return lrp
+    if name == "attnlrp_with_filter":
+        return lambda: (evaluate(model, clean), lrp())
+    raise ValueError(f"unknown call {name!r}; choose from {CALLS}")
+
+
+def worker(args) -> None:
+    import json
+
+    model, clean = prepare(args.samples, args.shots, args.task)
+    fn = call(model, clean, args.worker)
+    fn()  # warm-up: one-off allocator and kernel set-up
+    print(json.dumps(measure_peak(fn)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/lrp_cost.json")
+    ap.add_argument("--task", default="capitalize")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--shots", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--worker", choices=CALLS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    from fvlens.provenance import machine, versions
+
+    model, clean = prepare(args.samples, args.shots, args.task)
+    seconds = {}
+    for name in CALLS:
+        fn = call(model, clean, name)
+        fn()
+        runs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - t0)
+        seconds[name] = min(runs)
+    del model
+    memory = {}
+    common = ["--samples", str(args.samples), "--shots", str(args.shots), "--task", args.task]
+    for name in CALLS:
+        memory[name] = run_isolated(Path(__file__), "--worker", name, *common)
+    mib = 2 ** 20
+    fwd = memory["forward"]
+    result = {
+        "benchmark": "lrp_cost", "model": "smollm2-135m", "task": args.task,
+        "samples": len(clean), "prompt_tokens": int(clean.tokens.shape[1]),
+        "seconds": seconds,
+        "cost_in_forwards": {k: seconds[k] / seconds["forward"] for k in CALLS[1:]},
+        "peak_mib": {k: v["peak_bytes"] / mib for k, v in memory.items()},
+        "peak_increment_mib": {k: v["peak_increment_bytes"] / mib for k, v in memory.items()},
+        "baseline_mib": {k: v["baseline_bytes"] / mib for k, v in memory.items()},
+        "peak_over_forward": {k: memory[k]["peak_bytes"] / fwd["peak_bytes"]
+                              for k in CALLS[1:]},
+        "increment_over_forward": {
+            k: memory[k]["peak_increment_bytes"] / max(1, fwd["peak_increment_bytes"])
+            for k in CALLS[1:]},
+        "memory_method": "VmHWM - VmRSS in a fresh process, MALLOC_MMAP_THRESHOLD_=65536 "
+                         "(benchmarks/memory.py)",
+        "machine": machine(), "versions": versions(),
+    }
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
