@@ -2,8 +2,8 @@
 
     python benchmarks/lrp_cost.py --out benchmarks/results/lrp_cost.json [--samples 4]
 
-Same prompts as benchmarks/heads.py (ICL prompts of the corrupted queries, ``--samples`` rows
-in one batch). Three calls are measured:
+Same prompts as benchmarks/heads.py (clean ICL prompts of benchmarks/aie.py's corrupted
+queries, ``--samples`` rows in one batch). Three calls are measured:
 
 - ``forward``: ``last_logits(model, clean, batch_size=n)``, the unit of cost;
 - ``attnlrp``: ``explain_batch`` alone (one forward and one backward under the rules);
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from aie import setup, write_result
+from aie import write_result
 from memory import measure_peak, run_isolated
 
 CALLS = ("forward", "attnlrp", "attnlrp_with_filter")
@@ -35,9 +35,9 @@ def prepare(samples: int, shots: int, task_name: str):
     from fvlens.tasks import load_task
 
     model = load_model()
-    _, _, corrupted = setup(model, task_name, samples, shots)
     train, _ = load_task(task_name).split(seed=0)
-    clean = icl_prompts(model, corrupted.queries, train, shots=shots, seed=1)
+    queries = list(train.pairs)[30:30 + samples]  # benchmarks/aie.py's corrupted queries
+    clean = icl_prompts(model, queries, train, shots=shots, seed=1)
     return model, clean
 
 
@@ -75,8 +75,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: stable timings on a shared machine)")
     ap.add_argument("--worker", choices=CALLS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args)
     from fvlens.provenance import machine, versions
@@ -94,7 +99,8 @@ def main() -> None:
         seconds[name] = min(runs)
     del model
     memory = {}
-    common = ["--samples", str(args.samples), "--shots", str(args.shots), "--task", args.task]
+    common = ["--samples", str(args.samples), "--shots", str(args.shots), "--task", args.task,
+              "--threads", str(args.threads)]
     for name in CALLS:
         memory[name] = run_isolated(Path(__file__), "--worker", name, *common)
     mib = 2 ** 20
@@ -102,6 +108,7 @@ def main() -> None:
     result = {
         "benchmark": "lrp_cost", "model": "smollm2-135m", "task": args.task,
         "samples": len(clean), "prompt_tokens": int(clean.tokens.shape[1]),
+        "repeats": args.repeats, "torch_threads": args.threads,
         "seconds": seconds,
         "cost_in_forwards": {k: seconds[k] / seconds["forward"] for k in CALLS[1:]},
         "peak_mib": {k: v["peak_bytes"] / mib for k, v in memory.items()},

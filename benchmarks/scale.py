@@ -207,17 +207,20 @@ def main() -> int:
     ap.add_argument("--img", default="docs/img", help="where --plot writes scale.html/.png")
     ap.add_argument("--quick", action="store_true",
                     help="two sizes per dimension (a smoke test, not for the docs)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: stable timings on a shared machine)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     sweeps = QUICK if args.quick else SWEEPS
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.worker:
         memory_worker(sweeps)
         return 0
     if args.plot:
         plot(args.plot, args.img)
         return 0
-    import torch
-
     from fvlens.provenance import machine, versions
 
     t0 = time.perf_counter()
@@ -229,7 +232,8 @@ def main() -> int:
         print(f"{dim}={p[dim]}: " + "  ".join(f"{n} {raw[-1]['seconds'][n] * 1e3:.1f} ms"
                                                for n in CALLS), file=sys.stderr)
     timing_s = time.perf_counter() - t0
-    mem = run_isolated(Path(__file__), "--worker", *(["--quick"] if args.quick else []))
+    mem = run_isolated(Path(__file__), "--worker", "--threads", str(args.threads),
+                       *(["--quick"] if args.quick else []))
     for row, m in zip(raw, mem):
         row["weights_bytes"] = m["weights_bytes"]
         row["peak_increment_bytes"] = {n: m[n]["peak_increment_bytes"] for n in CALLS}
@@ -239,7 +243,8 @@ def main() -> int:
         "settings": {"base": BASE, "sweeps": sweeps, "batch": BATCH, "d_vocab": D_VOCAB,
                      "d_head": f"{D_HEAD} (d_model sweep: d_model / n_heads)",
                      "d_mlp": "4 * d_model", "architecture": "llama-style: RMSNorm, rotary, "
-                     "gated SiLU MLP, no GQA", "dtype": str(torch.get_default_dtype())},
+                     "gated SiLU MLP, no GQA", "dtype": str(torch.get_default_dtype()),
+                     "torch_threads": args.threads},
         "memory_method": "VmHWM - VmRSS around each call in one fresh process with "
                          "MALLOC_MMAP_THRESHOLD_=65536 (benchmarks/memory.py)",
         "exponents": exponents(raw, sweeps),

@@ -139,6 +139,8 @@ def test_executor_parameters():
     assert p["timeout_min"] == 30 and p["mem_gb"] == 40 and not slurm.waits()
     local = ExecutorConfig(gpus_per_job=0)
     assert local.waits() and "slurm_partition" not in local.parameters()
+    assert ExecutorConfig(parallel=64).threads() == 1 and slurm.threads() is None
+    assert ExecutorConfig(threads_per_job=3).threads() == 3
     with pytest.raises(ValueError, match="--executor slurm"):
         ExecutorConfig(partition="gpu")
     with pytest.raises(ValueError, match="unknown executor"):

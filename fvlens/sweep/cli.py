@@ -37,6 +37,9 @@ def _configure(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="GPUs per job (default 1 when CUDA is visible, else 0)")
     s.add_argument("--cpus-per-job", type=int)
     s.add_argument("--mem-gb", type=int)
+    s.add_argument("--threads-per-job", type=int,
+                   help="torch threads per job (default: CPUs / --parallel locally, "
+                        "--cpus-per-job on SLURM)")
     s.add_argument("--timeout-min", type=int, default=120)
     s.add_argument("--slurm", type=_slurm_option, action="append", default=[],
                    metavar="KEY=VALUE", help="extra SLURM parameter (repeatable), e.g. "
@@ -88,6 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = ExecutorConfig(executor=args.executor, parallel=args.parallel,
                          timeout_min=args.timeout_min, gpus_per_job=args.gpus_per_job,
                          cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb,
+                         threads_per_job=args.threads_per_job,
                          partition=args.partition, slurm=tuple(args.slurm), wait=args.wait)
     if args.dry_run:
         from fvlens.sweep.merge import format_table

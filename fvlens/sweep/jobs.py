@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ class ExecutorConfig:
     ``parallel`` is the local executor's number of jobs at a time (it starts one process per
     job) and SLURM's array parallelism; ``gpus_per_job`` defaults to 0 locally when no CUDA
     device is visible (submitit's local executor hides the GPUs it does not hand out) and to 1
-    otherwise; ``slurm`` holds extra ``slurm_*`` parameters for ``update_parameters``.
+    otherwise; ``threads_per_job`` (torch threads) defaults locally to the CPU count divided by
+    ``parallel``, so that parallel jobs do not oversubscribe the cores, and on SLURM to
+    ``cpus_per_job``; ``slurm`` holds extra ``slurm_*`` parameters for ``update_parameters``.
     """
 
     executor: str = "local"
@@ -41,6 +44,7 @@ class ExecutorConfig:
     gpus_per_job: int | None = None
     cpus_per_job: int | None = None
     mem_gb: int | None = None
+    threads_per_job: int | None = None
     partition: str | None = None
     slurm: tuple[tuple[str, Any], ...] = ()
     wait: bool | None = None
@@ -52,6 +56,14 @@ class ExecutorConfig:
             raise ValueError("parallel and timeout_min must be ≥ 1")
         if self.executor == "local" and (self.partition or self.slurm):
             raise ValueError("--partition and slurm options need --executor slurm")
+
+    def threads(self) -> int | None:
+        """torch threads of each job (None: torch's default)."""
+        if self.threads_per_job is not None:
+            return self.threads_per_job
+        if self.executor == "local":
+            return max(1, (os.cpu_count() or 1) // self.parallel)
+        return self.cpus_per_job
 
     def waits(self) -> bool:
         """Whether ``launch`` blocks until every job is done (local: always)."""
@@ -111,10 +123,14 @@ def _write_job_file(folder: Path, job: Job) -> None:
         tmp.replace(path)
 
 
-def run_job(folder: str) -> str:
+def run_job(folder: str, threads: int | None = None) -> str:
     """Run the job described by ``folder/job.json``; write ``folder/results.json``.
 
     What submitit executes, in the job's own process. A finished job returns at once.
+
+    Args:
+        folder: the job's folder.
+        threads: torch threads for this process (None: torch's default).
 
     Returns:
         The path of the results.json.
@@ -126,6 +142,10 @@ def run_job(folder: str) -> str:
     path = Path(folder)
     if is_done(path):
         return str(path / RESULTS_FILE)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     record = json.loads((path / JOB_FILE).read_text())
     job = Job.from_json(record["job"])
     if job.key != record["key"]:
@@ -184,7 +204,8 @@ def launch(jobs: Sequence[Job], out: str | Path, cfg: ExecutorConfig | None = No
              if cfg.executor == "local" else [pending])
     for wave in waves:
         with executor.batch():
-            handles = [(key, executor.submit(run_job, str(folder))) for key, folder in wave]
+            handles = [(key, executor.submit(run_job, str(folder), cfg.threads()))
+                       for key, folder in wave]
         for key, handle in handles:
             job_ids[key] = str(handle.job_id)
         if cfg.waits():
