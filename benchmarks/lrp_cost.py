@@ -10,7 +10,9 @@ queries, ``--samples`` rows in one batch). Three calls are measured:
 - ``attnlrp_with_filter``: the top-5 filter forward (``evaluate``) and then ``explain_batch``,
   what head scoring costs while it does not read ``BatchRelevance.ranks``.
 
-Time: the minimum over ``--repeats`` after a warm-up, in this process. Peak memory: each call
+Time: the minimum over ``--repeats`` after a warm-up, the calls interleaved, in this process;
+``cost_in_forwards`` is from process CPU time (with ``--threads 1`` it does not depend on how
+busy the machine is), ``cost_in_forwards_wall`` from wall-clock time. Peak memory: each call
 in its own fresh interpreter (benchmarks/memory.py: the resident-set high-water mark with
 glibc's mmap threshold at 64 KiB), as the total peak and as the increment over what was
 resident before the call (weights, prompts).
@@ -87,17 +89,20 @@ def main() -> None:
     from fvlens.provenance import machine, versions
 
     model, clean = prepare(args.samples, args.shots, args.task)
-    seconds = {}
-    for name in CALLS:
-        fn = call(model, clean, name)
-        fn()
-        runs = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
+    fns = {name: call(model, clean, name) for name in CALLS}
+    for fn in fns.values():
+        fn()  # warm-up
+    wall = {name: [] for name in CALLS}
+    cpu = {name: [] for name in CALLS}
+    for _ in range(args.repeats):  # interleaved, so that every call sees the same load
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            runs.append(time.perf_counter() - t0)
-        seconds[name] = min(runs)
-    del model
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - t0)
+    seconds = {name: min(v) for name, v in wall.items()}
+    cpu_seconds = {name: min(v) for name, v in cpu.items()}
+    del model, fns
     memory = {}
     common = ["--samples", str(args.samples), "--shots", str(args.shots), "--task", args.task,
               "--threads", str(args.threads)]
@@ -109,8 +114,9 @@ def main() -> None:
         "benchmark": "lrp_cost", "model": "smollm2-135m", "task": args.task,
         "samples": len(clean), "prompt_tokens": int(clean.tokens.shape[1]),
         "repeats": args.repeats, "torch_threads": args.threads,
-        "seconds": seconds,
-        "cost_in_forwards": {k: seconds[k] / seconds["forward"] for k in CALLS[1:]},
+        "seconds": seconds, "cpu_seconds": cpu_seconds,
+        "cost_in_forwards": {k: cpu_seconds[k] / cpu_seconds["forward"] for k in CALLS[1:]},
+        "cost_in_forwards_wall": {k: seconds[k] / seconds["forward"] for k in CALLS[1:]},
         "peak_mib": {k: v["peak_bytes"] / mib for k, v in memory.items()},
         "peak_increment_mib": {k: v["peak_increment_bytes"] / mib for k, v in memory.items()},
         "baseline_mib": {k: v["baseline_bytes"] / mib for k, v in memory.items()},

@@ -9,7 +9,7 @@ fixed), d_model (d_head = d_model / n_heads) and prompt length. For each point t
 one batch of random prompts: a forward to the last position's logits (``last_logits``),
 AttnLRP (``explain_batch``) and fast causal mediation (``indirect_effects(method="fast")``).
 
-Time: minimum over repeats, in this process. Peak memory: all points again in one fresh
+Time: process CPU time, minimum over repeats, one torch thread, in this process. Peak memory: all points again in one fresh
 interpreter (benchmarks/memory.py: resident-set high-water mark, glibc mmap threshold 64 KiB),
 as the increment over what was resident before the call (the model's weights and the prompts).
 Growth exponents: least-squares slope of log(value) on log(size) per dimension and call.
@@ -96,12 +96,14 @@ def _settings(dim: str, p: dict[str, int]) -> dict[str, int]:
 
 
 def seconds(fn, *, min_total: float = 0.3, max_repeats: int = 5) -> float:
+    """Minimum process CPU time of ``fn()`` over ≥ 2 runs after a warm-up (with one torch
+    thread, CPU time does not depend on how busy a shared machine is)."""
     fn()  # warm-up
     runs, t_all = [], time.perf_counter()
     while len(runs) < 2 or (time.perf_counter() - t_all < min_total and len(runs) < max_repeats):
-        t0 = time.perf_counter()
+        c0 = time.process_time()
         fn()
-        runs.append(time.perf_counter() - t0)
+        runs.append(time.process_time() - c0)
     return min(runs)
 
 
