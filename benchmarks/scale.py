@@ -188,7 +188,7 @@ def plot(json_path: str, img: str) -> None:
     out = Path(img)
     out.mkdir(parents=True, exist_ok=True)
     html = out / "scale.html"
-    fig.write_html(html, include_plotlyjs=True)
+    fig.write_html(html, include_plotlyjs="cdn")  # small; the PNG is self-contained
     print(f"wrote {html}")
     try:
         from figures import snapshot
