@@ -171,7 +171,7 @@ def figure(result: dict):
                     row=row, col=col)
         fig.update_xaxes(type="log", title_text=dim, row=2, col=col)
         fig.update_xaxes(type="log", row=1, col=col)
-    fig.update_yaxes(type="log", title_text="time (ms)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="CPU time (ms)", row=1, col=1)
     fig.update_yaxes(type="log", title_text="peak memory over weights (MiB)", row=2, col=1)
     fig.update_yaxes(type="log", row=1)
     fig.update_yaxes(type="log", row=2)
