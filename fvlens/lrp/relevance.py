@@ -7,13 +7,14 @@ accumulates and nothing is left behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.HookedTransformer import apply_softcap
 from transformer_lens.hook_points import HookPoint
 
 from fvlens.hooks import HookList, check_hook_names, frozen_parameters
@@ -28,7 +29,31 @@ def _leaf_hook(x: Tensor, hook: HookPoint) -> Tensor:
     return x.detach().requires_grad_(True)
 
 
-def _trace(
+def _position_dim(hook_name: str) -> int:
+    """The query-position axis of a hook point's activation (-2 for ``[b, h, q, k]``)."""
+    return -2 if hook_name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+
+
+def _final_logits(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"]
+                  ) -> Float[Tensor, "batch pos d_vocab"]:
+    """ln_final, unembed and output soft-cap of a final residual stream (any positions)."""
+    # TODO(forward core): replace by fvlens.forward.final_logits(model, resid) once it lands.
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
+
+
+@dataclass(frozen=True)
+class _Traced:
+    """What one forward + backward under the rules read (all detached)."""
+
+    logits: Tensor  # [batch] raw target logits at the last position
+    ranks: Tensor  # [batch] rank of each target there (0 = top-1), same rule as ranks_of
+    acts: dict[str, Tensor]
+    grads: dict[str, Tensor]
+
+
+def _forward_backward(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
@@ -36,18 +61,36 @@ def _trace(
     attention_mask: Int[Tensor, "batch pos"] | None,
     extra_hooks: HookList,
     rules: bool = True,
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    last_only: Collection[str] = (),
+) -> _Traced:
     """Forward under the rules, backward from the raw target logits at the last position.
 
-    Returns (target logits [batch], activations, gradients) at ``hook_names``; the activation
-    is the tensor a hook point passes downstream (after the rules and ``extra_hooks``).
+    Only the last position is unembedded. For the hook points in ``last_only`` only the last
+    query position is read: the hook splits that slice off (a copy, whose gradient autograd
+    returns) and concatenates it back, so the value passed on is bit-exact and neither the
+    full activation's gradient nor a second reference to the activation is kept.
+
+    Returns:
+        ``_Traced`` with activations and gradients at ``hook_names`` (for ``last_only`` names
+        the last position only, the axis kept with size 1); an activation is the tensor a hook
+        point passes downstream (after the rules and ``extra_hooks``).
     """
     if tokens.shape[0] != targets.shape[0]:
         raise ValueError(f"{tokens.shape[0]} prompts but {targets.shape[0]} targets")
+    unknown = set(last_only) - set(hook_names)
+    if unknown:
+        raise ValueError(f"last_only names {sorted(unknown)} are not among hook_names")
     acts: dict[str, Tensor] = {}
 
-    def read(x: Tensor, hook: HookPoint) -> None:
-        acts[hook.name] = x
+    def read(x: Tensor, hook: HookPoint) -> Tensor | None:
+        if hook.name not in last_only:
+            acts[hook.name] = x
+            return None
+        dim = _position_dim(hook.name)
+        n = x.shape[dim]
+        last = x.narrow(dim, n - 1, 1).clone()
+        acts[hook.name] = last
+        return torch.cat([x.narrow(dim, 0, n - 1), last], dim=dim)
 
     leaves = [(n, _leaf_hook) for n in INPUT_HOOKS if n in model.hook_dict]
     readers = [(n, read) for n in hook_names]
@@ -57,9 +100,13 @@ def _trace(
     tokens = tokens.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
     with frozen_parameters(model), torch.enable_grad(), model.hooks(fwd_hooks=fwd):
-        logits = model(tokens, attention_mask=mask) if mask is not None else model(tokens)
+        resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+        logits = _final_logits(model, resid[:, -1:])[:, 0]  # [batch, d_vocab]
         rows = torch.arange(tokens.shape[0], device=logits.device)
-        target_logits = logits[rows, -1, targets.to(logits.device)]
+        target_logits = logits[rows, targets.to(logits.device)]
+        with torch.no_grad():  # ranks_of's rule: the number of logits above the target's
+            ranks = (logits > target_logits[:, None]).sum(-1)
+        del logits, resid
         missing = [n for n in hook_names if n not in acts]
         if missing:
             raise ValueError(f"hook points {missing} did not fire in this forward pass")
@@ -67,11 +114,26 @@ def _trace(
         grads = torch.autograd.grad(
             target_logits.sum(), [acts[n] for n in needs], allow_unused=True
         )
-    grad_of = {n: torch.zeros_like(acts[n]) for n in hook_names}
-    for n, g in zip(needs, grads):
-        if g is not None:
-            grad_of[n] = g
-    return target_logits.detach(), {n: a.detach() for n, a in acts.items()}, grad_of
+    grad_of = {n: g for n, g in zip(needs, grads) if g is not None}
+    for n in hook_names:
+        if n not in grad_of:
+            grad_of[n] = torch.zeros_like(acts[n])
+    return _Traced(logits=target_logits.detach(), ranks=ranks.cpu(),
+                   acts={n: a.detach() for n, a in acts.items()}, grads=grad_of)
+
+
+def _trace(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    targets: Int[Tensor, "batch"],
+    hook_names: Sequence[str],
+    attention_mask: Int[Tensor, "batch pos"] | None,
+    extra_hooks: HookList,
+    rules: bool = True,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """(target logits [batch], activations, gradients) at ``hook_names``, every position."""
+    t = _forward_backward(model, tokens, targets, hook_names, attention_mask, extra_hooks, rules)
+    return t.logits, t.acts, t.grads
 
 
 def _times(act: Tensor, grad: Tensor) -> Tensor:
@@ -117,7 +179,8 @@ class Relevance:
     ``tokens`` is the complete input relevance: ``hook_embed`` plus ``hook_pos_embed`` where the
     model has learned positions. ``heads`` is the relevance reaching each head's output
     (``hook_z`` × its incoming gradient, last position); the uniform rule then splits it
-    evenly between the pattern and the values.
+    evenly between the pattern and the values. ``rank`` is the target's rank among the
+    logits at the last position (0 = top-1; the number of tokens with a larger logit).
     """
 
     tokens: Float[Tensor, "pos"]
@@ -125,6 +188,7 @@ class Relevance:
     heads: Float[Tensor, "n_layers n_heads"]
     logit: float
     target: int
+    rank: int
     str_tokens: list[str] | None
 
 
@@ -137,6 +201,7 @@ class BatchRelevance:
     heads: Float[Tensor, "batch n_layers n_heads"]
     logits: Float[Tensor, "batch"]
     targets: Int[Tensor, "batch"]
+    ranks: Int[Tensor, "batch"]
     str_tokens: list[list[str]] | None
 
     def __len__(self) -> int:
@@ -149,6 +214,7 @@ class BatchRelevance:
             heads=self.heads[i],
             logit=float(self.logits[i]),
             target=int(self.targets[i]),
+            rank=int(self.ranks[i]),
             str_tokens=self.str_tokens[i] if self.str_tokens is not None else None,
         )
 
@@ -170,16 +236,21 @@ def explain_batch(
 
     Returns:
         BatchRelevance with tokens [batch, pos], attention [batch, n_layers, n_heads, pos]
-        (the last query's row of each pattern), heads [batch, n_layers, n_heads].
+        (the last query's row of each pattern), heads [batch, n_layers, n_heads], and each
+        target's rank at the last position from the same forward (``ranks < 5`` is head
+        scoring's top-5 filter, with no extra forward).
+
+    Memory: only the last query row of each pattern and the last position of each ``hook_z``
+    are read, and only the last position is unembedded; what remains is the activations
+    autograd saves for the backward pass.
     """
     n = model.cfg.n_layers
     inputs = [h for h in INPUT_HOOKS if h in model.hook_dict]
     patterns = [f"blocks.{i}.attn.hook_pattern" for i in range(n)]
     zs = [f"blocks.{i}.attn.hook_z" for i in range(n)]
-    logits, acts, grads = _trace(
-        model, tokens, targets, inputs + patterns + zs, attention_mask, []
-    )
-    rel = {k: _times(acts[k], grads[k]) for k in acts}
+    t = _forward_backward(model, tokens, targets, inputs + patterns + zs, attention_mask, [],
+                          last_only=patterns + zs)
+    rel = {k: _times(t.acts[k], t.grads[k]) for k in t.acts}
     token_rel = sum(rel[h].sum(-1) for h in inputs)
     attention = torch.stack([rel[p][:, :, -1, :] for p in patterns], dim=1)
     heads = torch.stack([rel[z][:, -1].sum(-1) for z in zs], dim=1)
@@ -190,8 +261,9 @@ def explain_batch(
         tokens=token_rel.cpu(),
         attention=attention.cpu(),
         heads=heads.cpu(),
-        logits=logits.to(attention.dtype).cpu(),
+        logits=t.logits.to(attention.dtype).cpu(),
         targets=targets.cpu(),
+        ranks=t.ranks,
         str_tokens=str_tokens,
     )
 
