@@ -30,6 +30,7 @@ _EXPORTS = {
     "HookFn": "fvlens.hooks", "HookList": "fvlens.hooks", "assert_no_hooks": "fvlens.hooks",
     "hook_name": "fvlens.hooks",
     "Processing": "fvlens.models", "load_model": "fvlens.models",
+    "fingerprint": "fvlens.models", "fingerprint_mismatch": "fvlens.models",
     "PromptBatch": "fvlens.batch", "Template": "fvlens.batch",
     "corrupted": "fvlens.prompts", "icl_prompts": "fvlens.prompts",
     "instruction_prompts": "fvlens.prompts", "zero_shot_prompts": "fvlens.prompts",
@@ -58,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from fvlens.heads.aie import indirect_effects, patch_head_hooks
     from fvlens.heads.select import score_heads
     from fvlens.hooks import HookFn, HookList, assert_no_hooks, hook_name
-    from fvlens.models import Processing, load_model
+    from fvlens.models import Processing, fingerprint, fingerprint_mismatch, load_model
     from fvlens.pipeline import run
     from fvlens.plan import RunConfig, extract_vectors
     from fvlens.prompts import corrupted, icl_prompts, instruction_prompts, zero_shot_prompts

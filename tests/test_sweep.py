@@ -23,7 +23,7 @@ from fvlens.sweep import (
     parse_grid,
     write_merged,
 )
-from fvlens.sweep.cli import main as sweep_main
+from fvlens.cli.sweep import main as sweep_main
 
 
 def _grid(**over):

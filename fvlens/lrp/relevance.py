@@ -14,9 +14,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.HookedTransformer import apply_softcap
 from transformer_lens.hook_points import HookPoint
 
+from fvlens.forward import final_logits, ranks_of, run_to
 from fvlens.hooks import HookList, check_hook_names, frozen_parameters
 from fvlens.lrp.rules import attnlrp_hooks
 
@@ -32,15 +32,6 @@ def _leaf_hook(x: Tensor, hook: HookPoint) -> Tensor:
 def _position_dim(hook_name: str) -> int:
     """The query-position axis of a hook point's activation (-2 for ``[b, h, q, k]``)."""
     return -2 if hook_name.endswith(("hook_pattern", "hook_attn_scores")) else 1
-
-
-def _final_logits(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"]
-                  ) -> Float[Tensor, "batch pos d_vocab"]:
-    """ln_final, unembed and output soft-cap of a final residual stream (any positions)."""
-    # TODO(forward core): replace by fvlens.forward.final_logits(model, resid) once it lands.
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)
 
 
 @dataclass(frozen=True)
@@ -100,12 +91,12 @@ def _forward_backward(
     tokens = tokens.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
     with frozen_parameters(model), torch.enable_grad(), model.hooks(fwd_hooks=fwd):
-        resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
-        logits = _final_logits(model, resid[:, -1:])[:, 0]  # [batch, d_vocab]
+        resid = run_to(model, tokens, mask)
+        logits = final_logits(model, resid[:, -1])  # [batch, d_vocab]
         rows = torch.arange(tokens.shape[0], device=logits.device)
         target_logits = logits[rows, targets.to(logits.device)]
-        with torch.no_grad():  # ranks_of's rule: the number of logits above the target's
-            ranks = (logits > target_logits[:, None]).sum(-1)
+        with torch.no_grad():
+            ranks = ranks_of(logits, targets)
         del logits, resid
         missing = [n for n in hook_names if n not in acts]
         if missing:

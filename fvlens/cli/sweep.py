@@ -1,7 +1,7 @@
 """``fvlens sweep GRID.toml`` and ``fvlens sweep --merge DIR``.
 
 ``add_parser(subparsers)`` registers the subcommand on the ``fvlens`` parser; ``main(argv)``
-runs it on its own (``python -m fvlens.sweep.cli``).
+runs it on its own (``python -m fvlens.cli.sweep``).
 """
 
 from __future__ import annotations
