@@ -38,6 +38,7 @@ _EXPORTS = {
     "run": "fvlens.pipeline",
     "RunResult": "fvlens.results", "TaskResult": "fvlens.results",
     "DistributedFV": "fvlens.steering", "FunctionVector": "fvlens.steering",
+    "save_vector": "fvlens.vectors", "load_vector": "fvlens.vectors",
     "Instruction": "fvlens.tasks", "Pair": "fvlens.tasks", "Task": "fvlens.tasks",
     "import_davidson": "fvlens.importers", "import_todd": "fvlens.importers",
     "list_tasks": "fvlens.tasks", "load_task": "fvlens.tasks", "save_task": "fvlens.tasks",
@@ -65,5 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from fvlens.prompts import corrupted, icl_prompts, instruction_prompts, zero_shot_prompts
     from fvlens.results import RunResult, TaskResult
     from fvlens.steering import DistributedFV, FunctionVector
+    from fvlens.vectors import load_vector, save_vector
     from fvlens.importers import import_davidson, import_todd
     from fvlens.tasks import Instruction, Pair, Task, list_tasks, load_task, save_task

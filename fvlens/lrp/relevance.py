@@ -7,6 +7,7 @@ accumulates and nothing is left behind.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -235,6 +236,10 @@ def explain_batch(
     are read, and only the last position is unembedded; what remains is the activations
     autograd saves for the backward pass.
     """
+    if tokens.dim() != 2 or (attention_mask is not None and attention_mask.shape != tokens.shape):
+        raise ValueError(f"explain_batch takes tokens [batch, pos] (and an attention mask of "
+                         f"the same shape), got {tuple(tokens.shape)}; for one prompt use "
+                         "explain")
     n = model.cfg.n_layers
     inputs = [h for h in INPUT_HOOKS if h in model.hook_dict]
     patterns = [f"blocks.{i}.attn.hook_pattern" for i in range(n)]
@@ -260,19 +265,51 @@ def explain_batch(
 
 
 def _target_id(model: HookedTransformer, target: str | int) -> int:
-    if isinstance(target, int):
+    vocab = model.cfg.d_vocab_out
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < vocab:
+            raise ValueError(f"target id {target} is outside the vocabulary [0, {vocab})")
         return target
+    if not isinstance(target, str):
+        raise ValueError(f"target must be a token id (int) or text (str), got "
+                         f"{type(target).__name__}")
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer: pass the target as a token id (int)")
     ids = model.to_tokens(target, prepend_bos=False)[0]
     if len(ids) == 0:
         raise ValueError(f"target {target!r} tokenizes to nothing")
+    if len(ids) > 1:
+        pieces = [model.tokenizer.decode([int(i)]) for i in ids]
+        warnings.warn(f"target {target!r} is {len(ids)} tokens {pieces}; only the first, "
+                      f"{pieces[0]!r}, is explained", stacklevel=3)
     return int(ids[0])
+
+
+def _prompt_tokens(model: HookedTransformer, prompt: str | Tensor,
+                   prepend_bos: bool | None) -> Tensor:
+    """One prompt as ``[1, pos]`` token ids, from text, ``[pos]`` or ``[1, pos]``."""
+    if isinstance(prompt, str):
+        if model.tokenizer is None:
+            raise ValueError("the model has no tokenizer: pass the prompt as token ids")
+        tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
+    elif isinstance(prompt, Tensor):
+        if prompt.dtype not in (torch.int32, torch.int64) or prompt.dim() not in (1, 2):
+            raise ValueError(f"a token prompt is an integer tensor [pos] or [1, pos], got "
+                             f"{prompt.dtype} of shape {tuple(prompt.shape)}")
+        if prompt.dim() == 2 and prompt.shape[0] != 1:
+            raise ValueError(f"explain takes one prompt; for {prompt.shape[0]} prompts call "
+                             "explain_batch(model, tokens, targets, attention_mask=...)")
+        tokens = prompt.reshape(1, -1)
+    else:
+        raise ValueError(f"prompt must be text or a token tensor, got {type(prompt).__name__}")
+    if tokens.shape[1] == 0:
+        raise ValueError("the prompt is empty (and the model adds no BOS): nothing to explain")
+    return tokens
 
 
 def explain(
     model: HookedTransformer,
-    prompt: str | Int[Tensor, "pos"],
+    prompt: str | Int[Tensor, "*prompt"],
     target: str | int,
     *,
     prepend_bos: bool | None = None,
@@ -281,19 +318,16 @@ def explain(
 
     Args:
         model: the model.
-        prompt: text (tokenized with the model's tokenizer) or token ids [pos].
-        target: token id, or text whose first token (tokenized without BOS) is the target.
+        prompt: text (tokenized with the model's tokenizer) or token ids, ``[pos]`` or
+            ``[1, pos]`` (what ``model.to_tokens`` returns); for several prompts use
+            ``explain_batch``.
+        target: token id, or text whose first token (tokenized without BOS) is the target
+            (a multi-token target warns: only its first token is explained).
         prepend_bos: for a text prompt; None uses the model's default.
 
     Returns:
         Relevance of the prompt's tokens, last-query attention weights and heads.
     """
-    if isinstance(prompt, str):
-        if model.tokenizer is None:
-            raise ValueError("the model has no tokenizer: pass the prompt as token ids")
-        tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
-    else:
-        tokens = prompt.unsqueeze(0)
+    tokens = _prompt_tokens(model, prompt, prepend_bos)
     targets = torch.tensor([_target_id(model, target)])
     return explain_batch(model, tokens, targets)[0]
-
