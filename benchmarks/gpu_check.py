@@ -104,7 +104,7 @@ def run_sections(args) -> dict:
     import torch
 
     from fvlens.activations import mean_head_activations
-    from fvlens.evaluate import evaluate, last_logits
+    from fvlens.evaluation import evaluate, last_logits
     from fvlens.heads.aie import indirect_effects
     from fvlens.heads.select import score_heads
     from fvlens.lrp import explain_batch

@@ -46,7 +46,7 @@ def prepare(samples: int, shots: int, task_name: str):
 def call(model, clean, name: str):
     """The zero-argument function measured as ``name``."""
     from fvlens.attnlrp import explain_batch
-    from fvlens.evaluate import evaluate, last_logits
+    from fvlens.evaluation import evaluate, last_logits
 
     def lrp():
         return explain_batch(model, clean.tokens, clean.targets,

@@ -76,7 +76,7 @@ def build(p: dict[str, int]):
 
 
 def call(model, batch, mean_z, name: str):
-    from fvlens.evaluate import last_logits
+    from fvlens.evaluation import last_logits
     from fvlens.heads.aie import indirect_effects
     from fvlens.lrp import explain_batch
 

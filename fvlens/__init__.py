@@ -21,8 +21,8 @@ _EXPORTS = {
     "attnlrp_hooks": "fvlens.attnlrp", "explain": "fvlens.attnlrp",
     "explain_batch": "fvlens.attnlrp",
     "mean_head_activations": "fvlens.activations",
-    "Evaluation": "fvlens.evaluate", "baseline": "fvlens.evaluate",
-    "evaluate": "fvlens.evaluate", "last_logits": "fvlens.evaluate",
+    "Evaluation": "fvlens.evaluation", "baseline": "fvlens.evaluation",
+    "evaluate": "fvlens.evaluation", "last_logits": "fvlens.evaluation",
     "generate": "fvlens.generation", "side_by_side": "fvlens.generation",
     "Head": "fvlens.heads", "HeadScores": "fvlens.heads", "overlap": "fvlens.heads",
     "indirect_effects": "fvlens.heads.aie", "patch_head_hooks": "fvlens.heads.aie",
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from fvlens.activations import mean_head_activations
     from fvlens.attnlrp import BatchRelevance, Relevance, attnlrp_hooks, explain, explain_batch
     from fvlens.batch import PromptBatch, Template
-    from fvlens.evaluate import Evaluation, baseline, evaluate, last_logits
+    from fvlens.evaluation import Evaluation, baseline, evaluate, last_logits
     from fvlens.generation import generate, side_by_side
     from fvlens.heads import Head, HeadScores, overlap
     from fvlens.heads.aie import indirect_effects, patch_head_hooks

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import Evaluation, evaluate
+from fvlens.evaluation import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
 from fvlens.injection import ResidualCache, residual_cache, steered_evaluation

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.hooks import assert_no_hooks
 from fvlens.pipeline import run
 from fvlens.plan import RunConfig, prepare_task

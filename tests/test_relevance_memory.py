@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny
 
-from fvlens.evaluate import ranks_of
+from fvlens.evaluation import ranks_of
 from fvlens.hooks import assert_no_hooks, frozen_parameters
 from fvlens.lrp.relevance import _forward_backward, _times, explain_batch
 from fvlens.lrp.rules import attnlrp_hooks

@@ -12,7 +12,7 @@ import torch
 
 import fvlens.models
 from fvlens.cli import main
-from fvlens.evaluate import evaluate, evaluation_from_logits
+from fvlens.evaluation import evaluate, evaluation_from_logits
 from fvlens.forward import forward_last
 from fvlens.hooks import assert_no_hooks
 from fvlens.prompts import zero_shot_prompts

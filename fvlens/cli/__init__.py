@@ -34,7 +34,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from fvlens.evaluate import baseline
+    from fvlens.evaluation import baseline
     from fvlens.provenance import machine, versions
     from fvlens.tasks import list_tasks, load_task
 
