@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from fvlens.modeltype import Model
 from fvlens.provenance import versions
 
 __all__ = [
+    "BACKENDS",
     "EMBEDDED_MODELS",
     "Processing",
     "load_model",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("hooked", "bridge")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,8 +133,9 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     processing: Processing | None = None,
     use_cache: bool = True,
-) -> HookedTransformer:
-    """Load a model as a ``HookedTransformer`` in eval mode.
+    backend: str | None = None,
+) -> Model:
+    """Load a model as a ``HookedTransformer`` (or a ``TransformerBridge``) in eval mode.
 
     Args:
         spec: ``"smollm2-135m"`` (embedded, offline), a ``.gguf`` file, a local Hugging Face
@@ -141,13 +145,23 @@ def load_model(
         processing: weight-processing flags (see ``Processing``); recorded on the model as
             ``model.fvlens_meta["processing"]``.
         use_cache: read and write the converted-weight cache (``cache_dir()``).
+        backend: "hooked" (``HookedTransformer``, TransformerLens 3.x), "bridge"
+            (``TransformerBridge`` around the Hugging Face model, ``fvlens.models_bridge``), or
+            None: "hooked" where TransformerLens still has it, else "bridge".
 
     Returns:
-        The model, with ``model.fvlens_meta`` describing its source and processing.
+        The model, with ``model.fvlens_meta`` describing its source, processing and backend.
     """
     processing = processing or Processing()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    backend = _backend(backend)
     source = _resolve(spec)
+    if backend == "bridge":
+        from fvlens.models_bridge import load_bridge
+
+        return load_bridge(str(spec), source, load_hf=_load_hf, adds_bos=_tokenizer_adds_bos,
+                           processing=dataclasses.asdict(processing), device=device,
+                           dtype=dtype, cache_root=cache_dir() if use_cache else None)
     key = _cache_key(source, processing, dtype)
     entry = cache_dir() / key
     model = _read_cache(entry, source, processing, dtype) if use_cache else None
@@ -167,6 +181,7 @@ def load_model(
         "processing": dataclasses.asdict(processing),
         "dtype": str(dtype).removeprefix("torch."),
         "from_cache": from_cache,
+        "backend": "hooked",
     }
     model.to(device)
     model.eval()
@@ -174,7 +189,23 @@ def load_model(
     return model
 
 
-def transposed_layout(model: HookedTransformer) -> HookedTransformer:
+def _backend(backend: str | None) -> str:
+    """The backend to load with: ``backend``, or the default for this TransformerLens."""
+    from fvlens.backend import has_hooked_transformer, tl_version
+
+    if backend is None:
+        return "hooked" if has_hooked_transformer() else "bridge"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend == "hooked" and not has_hooked_transformer():
+        raise ValueError(
+            f"transformer-lens {tl_version()} removed HookedTransformer (4.0); use "
+            "backend='bridge' (TransformerBridge, the default there), or install the last "
+            "line that has it: pip install 'transformer-lens==3.9.*'")
+    return backend
+
+
+def transposed_layout(model: Model) -> Model:
     """Store the MLP and unembedding matrices transposed in memory (values unchanged).
 
     TransformerLens's gated MLP and unembedding call ``F.linear(x, W.T.contiguous())``, which
@@ -217,8 +248,10 @@ def _resolve(spec: str | os.PathLike) -> dict[str, Any]:
             )
         return {"kind": "hf_dir", "name": path.name, "path": str(path.resolve()),
                 "hash": _dir_identity(path)}
-    from transformer_lens import loading_from_pretrained as loading
-
+    try:
+        from transformer_lens import loading_from_pretrained as loading
+    except ImportError:  # TransformerLens 4: the bridge loads any Hugging Face hub name
+        return {"kind": "hub", "name": text, "hash": hashlib.sha256(text.encode()).hexdigest()}
     try:
         official = loading.get_official_model_name(text)
     except ValueError:
@@ -277,6 +310,7 @@ def _load_hf(source: dict[str, Any], dtype: torch.dtype):
 
 def _convert(source, hf_model, tokenizer, hf_config, processing: Processing, dtype):
     """HF model -> HookedTransformer via TransformerLens's config mapping and weight conversion."""
+    from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
     flags = dataclasses.asdict(processing)
@@ -331,14 +365,14 @@ def _cache_key(source, processing: Processing, dtype) -> str:
     return f"{source['name'].replace('/', '--')}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
-def _cfg_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
+def _cfg_to_json(cfg) -> dict[str, Any]:
     d = dict(cfg.to_dict())  # to_dict returns the live __dict__
     d["dtype"] = str(d["dtype"]).removeprefix("torch.")
     d["device"] = None
     return {k: v for k, v in d.items() if k not in ("n_params",)}
 
 
-def _write_cache(entry: Path, model: HookedTransformer, source, processing, dtype) -> None:
+def _write_cache(entry: Path, model: Model, source, processing, dtype) -> None:
     """Write weights, tokenizer and metadata atomically: build in a temp dir, then rename."""
     from safetensors.torch import save_file
 
@@ -363,12 +397,13 @@ def _write_cache(entry: Path, model: HookedTransformer, source, processing, dtyp
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_cache(entry: Path, source, processing, dtype) -> HookedTransformer | None:
+def _read_cache(entry: Path, source, processing, dtype) -> Model | None:
     """The cached model, or None (with a warning when an entry exists but is unusable)."""
     if not entry.exists():
         return None
     try:
         from safetensors.torch import load_file
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
         from transformers import AutoTokenizer
 
         meta = json.loads((entry / "meta.json").read_text())

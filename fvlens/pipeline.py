@@ -17,12 +17,12 @@ import warnings
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from fvlens.evaluate import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
 from fvlens.injection import ResidualCache, residual_cache, steered_evaluation
+from fvlens.modeltype import Model
 from fvlens.plan import (DEFAULT_TASKS, INJECTIONS, RunConfig, TaskPlan, build_vectors,
                          extract_vectors, prepare_task, reference_prompts, score_task)
 from fvlens.prompts import instruction_prompts, target_ids, zero_shot_prompts
@@ -39,7 +39,7 @@ MIN_N = 20            # fewer kept test queries than this: the task is flagged "
 MAX_ZERO_SHOT = 0.5   # unsteered zero-shot top-1 at or above this: flagged, nothing to steer
 
 
-def _failures(model: HookedTransformer, queries, ev: Evaluation, n: int) -> tuple[Failure, ...]:
+def _failures(model: Model, queries, ev: Evaluation, n: int) -> tuple[Failure, ...]:
     rows = []
     for i in (ev.ranks > 0).nonzero()[:, 0].tolist()[:n]:
         rows.append(Failure(input=queries[i].input, target=queries[i].output,
@@ -60,7 +60,7 @@ def _flags(res_n: int, zero_shot: float, n_multi: int) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadScores],
+def run_task(model: Model, plan: TaskPlan, scores: dict[str, HeadScores],
              cfg: RunConfig) -> TaskResult:
     """Baselines and steered zero-shot accuracy of one task on its test queries."""
     task = plan.task
@@ -114,7 +114,7 @@ def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadSco
                       flags=_flags(len(keep), cache.unsteered.top1, n_multi))
 
 
-def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
+def _k_sweep(model: Model, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
              layer: int, scale: float, cfg: RunConfig) -> dict[str, dict[int, float]]:
     """Test top-1 for each K at the layer and scale chosen for the default K."""
     out: dict[str, dict[int, float]] = {inj: {} for inj in cfg.inject}
@@ -131,7 +131,7 @@ def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: Re
     return out
 
 
-def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
+def run(model: Model, cfg: RunConfig, *, progress: bool = True,
         on_task: Callable[[RunResult], None] | None = None,
         done: dict[str, TaskResult] | None = None) -> RunResult:
     """The main job over ``cfg.tasks``.
@@ -191,12 +191,12 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
                                global_tasks=global_tasks)
 
 
-def run_settings(model: HookedTransformer, cfg: RunConfig) -> dict:
-    """The ``settings`` of results.json: every ``RunConfig`` field, the weight processing, and
-    the model's dtype and device."""
+def run_settings(model: Model, cfg: RunConfig) -> dict:
+    """The ``settings`` of results.json: every ``RunConfig`` field, the weight processing, the
+    model's dtype and device, and its backend (``"hooked"`` or ``"bridge"``)."""
     meta = getattr(model, "fvlens_meta", {})
     extra = {"processing": meta.get("processing"), "dtype": meta.get("dtype"),
-             "device": str(model.cfg.device)}
+             "device": str(model.cfg.device), "backend": meta.get("backend", "hooked")}
     return json.loads(json.dumps(dataclasses.asdict(cfg) | extra))
 
 
@@ -216,7 +216,7 @@ def _globalise(scores: dict[str, dict[str, HeadScores]], plans: dict[str, TaskPl
 STEER_INJECT = INJECTIONS
 
 
-def steer_report(model: HookedTransformer, prompt: str, *, task: str, select: str = "aie",
+def steer_report(model: Model, prompt: str, *, task: str, select: str = "aie",
                  inject: str = "fv", k: int = 20, max_new_tokens: int = 20, seed: int = 0,
                  **config) -> dict:
     """Build a task's vector and generate with and without it (the ``fvlens steer`` command).

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from fvlens.backend import input_hook_names
 from fvlens.hooks import HookList, check_hook_names, frozen_parameters
 from fvlens.lrp.rules import attnlrp_hooks
+from fvlens.modeltype import Model
 
 __all__ = ["BatchRelevance", "Relevance", "explain", "explain_batch", "relevance_at"]
 
-INPUT_HOOKS = ("hook_embed", "hook_pos_embed")
+INPUT_HOOKS = ("hook_embed", "hook_pos_embed")  # those the model has: backend.input_hook_names
 
 
 def _leaf_hook(x: Tensor, hook: HookPoint) -> Tensor:
@@ -29,7 +30,7 @@ def _leaf_hook(x: Tensor, hook: HookPoint) -> Tensor:
 
 
 def _trace(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     hook_names: Sequence[str],
@@ -46,13 +47,20 @@ def _trace(
         raise ValueError(f"{tokens.shape[0]} prompts but {targets.shape[0]} targets")
     acts: dict[str, Tensor] = {}
 
-    def read(x: Tensor, hook: HookPoint) -> None:
-        acts[hook.name] = x
+    def read(name: str):  # filed under the name asked for (a bridge's hook.name differs)
+        def fn(x: Tensor, hook: HookPoint) -> None:
+            acts[name] = x
 
-    leaves = [(n, _leaf_hook) for n in INPUT_HOOKS if n in model.hook_dict]
-    readers = [(n, read) for n in hook_names]
+        return fn
+
+    leaves = [(n, _leaf_hook) for n in input_hook_names(model)]
+    readers = [(n, read(n)) for n in hook_names]
     check_hook_names(model, readers)
-    fwd = leaves + (attnlrp_hooks(model) if rules else []) + list(extra_hooks) + readers
+    rule_hooks = attnlrp_hooks(model) if rules else []
+    # A bridge's norm rule records each norm's input: after every edit of it.
+    late = [h for h in rule_hooks if getattr(h[1], "records_input", False)]
+    rule_hooks = [h for h in rule_hooks if not getattr(h[1], "records_input", False)]
+    fwd = leaves + rule_hooks + list(extra_hooks) + readers + late
     device = model.cfg.device
     tokens = tokens.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
@@ -82,7 +90,7 @@ def _times(act: Tensor, grad: Tensor) -> Tensor:
 
 
 def relevance_at(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     hook_names: Sequence[str],
@@ -154,7 +162,7 @@ class BatchRelevance:
 
 
 def explain_batch(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     *,
@@ -173,7 +181,7 @@ def explain_batch(
         (the last query's row of each pattern), heads [batch, n_layers, n_heads].
     """
     n = model.cfg.n_layers
-    inputs = [h for h in INPUT_HOOKS if h in model.hook_dict]
+    inputs = input_hook_names(model)
     patterns = [f"blocks.{i}.attn.hook_pattern" for i in range(n)]
     zs = [f"blocks.{i}.attn.hook_z" for i in range(n)]
     logits, acts, grads = _trace(
@@ -196,7 +204,7 @@ def explain_batch(
     )
 
 
-def _target_id(model: HookedTransformer, target: str | int) -> int:
+def _target_id(model: Model, target: str | int) -> int:
     if isinstance(target, int):
         return target
     if model.tokenizer is None:
@@ -208,7 +216,7 @@ def _target_id(model: HookedTransformer, target: str | int) -> int:
 
 
 def explain(
-    model: HookedTransformer,
+    model: Model,
     prompt: str | Int[Tensor, "pos"],
     target: str | int,
     *,
