@@ -218,7 +218,7 @@ def _swap_input(block: torch.nn.Module, resid: Tensor) -> Iterator[None]:
 
 
 def bridge_resume(model: Model, resid: Float[Tensor, "batch pos d_model"], *, start: int,
-                  stop: int, attention_mask: Int[Tensor, "batch pos"] | None = None,
+                  stop: int, attention_mask: Int[Tensor, "batch all_pos"] | None = None,
                   past_key_values: Any = None) -> Float[Tensor, "batch pos d_model"]:
     """Blocks ``start .. stop-1`` on a residual stream, as HookedTransformer's
     ``start_at_layer``/``stop_at_layer``: no block outside that range runs or fires a hook.
