@@ -11,7 +11,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from fvlens.batch import PromptBatch
-from fvlens.forward import forward_last, map_chunks
+from fvlens.forward import forward_last, map_chunks, token_budget
 from fvlens.hooks import hook_name
 from fvlens.modeltype import Model
 
@@ -47,7 +47,7 @@ def last_token_head_activations(
         correct = logits.argmax(-1).cpu() == chunk.targets
         return torch.stack(store, dim=1), correct  # type: ignore[arg-type]
 
-    parts = map_chunks(batch, run, batch_size=batch_size)
+    parts = map_chunks(batch, run, batch_size=batch_size, tokens_per_pass=token_budget(model))
     return torch.cat([z for z, _ in parts]), torch.cat([c for _, c in parts])
 
 

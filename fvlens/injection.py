@@ -20,7 +20,7 @@ from torch import Tensor
 
 from fvlens.batch import PromptBatch, auto_batch_size
 from fvlens.evaluate import Evaluation, evaluation_from_logits
-from fvlens.forward import final_logits, resume, run_to
+from fvlens.forward import final_logits, resume, run_to, token_budget
 from fvlens.hooks import HookList, hook_name
 from fvlens.modeltype import Model
 
@@ -62,7 +62,8 @@ def residual_cache(model: Model, batch: PromptBatch, *,
         batch_size: rows per pass; None sizes passes by tokens (``fvlens.batch``).
     """
     n = model.cfg.n_layers
-    chunks = batch.chunks(auto_batch_size(batch, batch_size))
+    size = auto_batch_size(batch, batch_size, tokens_per_pass=token_budget(model))
+    chunks = batch.chunks(size)
     resid, logits = [], []
     for chunk in chunks:
         store: list[Tensor | None] = [None] * (n + 1)
