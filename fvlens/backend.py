@@ -9,6 +9,9 @@ handled here (docs/models.md, "Backends"):
   ``blocks.0.hook_resid_pre``, ``hook_unembed`` for ``unembed.hook_out``): fvlens files what it
   records under the name it asked for, never under ``hook.name``. Aliases list some hook points
   several times in ``hook_dict``; ``hook_points`` has each once.
+- The bridge hands ``hook_z``/``hook_q``/``hook_k``/``hook_v`` hooks a reshaped view of the
+  tensor it passes on; a hook that takes a gradient with respect to what it read returns it
+  (``pass_on``).
 - ``hook_pos_embed`` is registered on rotary bridges but never fires (``input_hook_names``).
 - ``stop_at_layer=n_layers`` returns logits on the bridge, and its ``start_at_layer`` (TL 4
   only) runs and hooks the blocks below it. ``bridge_run_to`` stops with TL's own
@@ -39,7 +42,7 @@ from fvlens.modeltype import Model
 __all__ = ["Model", "KVCache", "tl_version", "has_hooked_transformer", "is_bridge", "hook_points",
            "hook_names", "hook_point", "cfg_get", "architecture", "input_hook_names",
            "output_bias", "bridge_run_to", "bridge_resume", "kv_forward", "repeat_kv",
-           "install_kv_shim", "positions"]
+           "install_kv_shim", "positions", "pass_on"]
 
 
 def tl_version() -> str:
@@ -117,6 +120,18 @@ def input_hook_names(model: Model) -> list[str]:
             not is_bridge(model) or model.cfg.positional_embedding_type == "standard"):
         out.append("hook_pos_embed")
     return out
+
+
+def pass_on(x: Tensor, hook: Any) -> Tensor | None:
+    """What a reading hook returns so that the tensor it read is the one passed downstream.
+
+    A bridge's ``hook_z`` (and ``q``/``k``/``v``) hook receives a ``[batch, pos, heads,
+    d_head]`` view of the flat tensor the model goes on with: a gradient with respect to that
+    view is zero unless the hook returns it (the bridge then reshapes it back, values
+    unchanged). Elsewhere the tensor read is the one passed on, and nothing is returned (a
+    bridge takes an edited norm scale for an edit).
+    """
+    return x if getattr(hook, "hook_conversion", None) is not None else None
 
 
 def output_bias(attn: torch.nn.Module) -> Tensor:

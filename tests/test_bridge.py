@@ -244,6 +244,9 @@ def test_explain_batch_on_a_padded_batch_equals_each_prompt_alone(name):
         torch.testing.assert_close(rel.tokens[i, keep], alone.tokens[0], atol=BATCH_ATOL, rtol=0)
         torch.testing.assert_close(rel.heads[i], alone.heads[0], atol=BATCH_ATOL, rtol=0)
         assert (rel.tokens[i, ~keep] == 0).all()  # padding is no source of relevance
+    # the uniform rule at hook_z: a head's relevance splits evenly into pattern and values
+    assert rel.heads.abs().max() > 0
+    torch.testing.assert_close(rel.attention.sum(-1), rel.heads / 2, atol=1e-6, rtol=1e-5)
     assert_no_hooks(model)
 
 
@@ -369,3 +372,42 @@ def test_hf_weight_cache_round_trip_and_damage(tmp_path):
     (entry / _META).write_text(json.dumps({**meta, "size": meta["size"] + 1}))
     with pytest.warns(UserWarning, match="unusable"):
         assert _read(entry, source) is None
+
+
+# --- the bridge against HookedTransformer (TransformerLens 3.x only) -----------------------
+
+# The same HF weights through two implementations (TL's conversion + HookedTransformer, HF's
+# modules under the bridge), both fold_ln in float32: round-off only. The bound.
+BACKENDS_RTOL = 1e-4
+
+
+def _relative(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.skipif(not __import__("fvlens.backend").backend.has_hooked_transformer(),
+                    reason="needs HookedTransformer (transformer-lens 3.x)")
+@pytest.mark.parametrize("name", ["llama", "qwen2"])  # main's TL conversion of GPT-2 fails
+def test_the_bridge_equals_hooked_transformer_on_the_same_weights(tmp_path, name):
+    from fvlens.models import load_model
+
+    tiny_hf(name).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    models = {b: load_model(tmp_path, backend=b, device="cpu", use_cache=False)
+              for b in ("hooked", "bridge")}
+    batch = _batch(models["bridge"])
+    g = torch.Generator().manual_seed(3)
+    mean_z = 3 * torch.randn(3, 4, 8, generator=g)
+    out = {}
+    for b, model in models.items():
+        for p in model.parameters():
+            p.requires_grad_(False)
+        rel = explain_batch(model, batch.tokens, batch.targets,
+                            attention_mask=batch.attention_mask)
+        out[b] = {"logits": forward_last(model, batch.tokens, batch.attention_mask),
+                  "tokens": rel.tokens, "heads": rel.heads, "attention": rel.attention,
+                  "aie": indirect_effects(model, batch, mean_z, progress=False)}
+        assert_no_hooks(model)
+    for field in out["hooked"]:
+        err = _relative(out["bridge"][field], out["hooked"][field])
+        assert err <= BACKENDS_RTOL, (field, err)

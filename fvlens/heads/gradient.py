@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from fvlens.backend import pass_on
 from fvlens.batch import PromptBatch
 from fvlens.forward import final_logits, run_to
 from fvlens.heads.scores import HeadScores
@@ -75,8 +76,9 @@ def last_token_pass(model: Model, batch: PromptBatch, *, grad: bool,
         def grab_resid(x: Tensor, hook) -> None:
             resid[hook.layer()] = x[:, -1].detach().float().cpu()
 
-        def grab_z(z: Tensor, hook) -> None:
+        def grab_z(z: Tensor, hook) -> Tensor | None:
             zs[hook.layer()] = z
+            return pass_on(z, hook)  # a bridge's hook_z is a view: keep it on the path
 
         hooks = [(hook_name("resid_post", layer), grab_resid) for layer in range(n_layers)]
         hooks += [(hook_name("z", layer), grab_z) for layer in range(n_layers)]

@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from fvlens.backend import input_hook_names
+from fvlens.backend import input_hook_names, pass_on
 from fvlens.hooks import HookList, check_hook_names, frozen_parameters
 from fvlens.lrp.rules import attnlrp_hooks
 from fvlens.modeltype import Model
@@ -48,8 +48,9 @@ def _trace(
     acts: dict[str, Tensor] = {}
 
     def read(name: str):  # filed under the name asked for (a bridge's hook.name differs)
-        def fn(x: Tensor, hook: HookPoint) -> None:
+        def fn(x: Tensor, hook: HookPoint) -> Tensor | None:
             acts[name] = x
+            return pass_on(x, hook)  # on the gradient path on both backends
 
         return fn
 
