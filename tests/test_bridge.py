@@ -319,6 +319,20 @@ def test_cached_generation_equals_uncached_with_a_steering_vector():
 # --- loading -------------------------------------------------------------------------------
 
 
+def test_every_module_imports_on_this_transformer_lens():
+    """No module needs HookedTransformer to import (TransformerLens 4 has none)."""
+    import importlib
+    import pkgutil
+
+    import fvlens
+
+    names = [m.name for m in pkgutil.walk_packages(fvlens.__path__, "fvlens.")
+             if not m.name.endswith("__main__")]  # that one runs the command line
+    assert len(names) > 50
+    for name in names:
+        importlib.import_module(name)
+
+
 def test_backend_choice_and_the_error_that_names_the_fix(monkeypatch):
     from fvlens import backend as be
     from fvlens.models import _backend

@@ -49,7 +49,7 @@ def batch(smollm_bridge):
     from fvlens.tasks import load_task
 
     train, test = load_task("capitalize").split(seed=0)
-    return icl_prompts(smollm_bridge, list(test.pairs)[:3], train, shots=4, seed=0)
+    return icl_prompts(smollm_bridge, list(test.pairs)[:2], train, shots=3, seed=0)
 
 
 def test_embedded_bridge_loads_with_fvlens_settings(smollm_bridge):
