@@ -20,8 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from fvlens.provenance import machine, versions
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this tree's fvlens, also in the probes' processes
+
+from fvlens.provenance import machine, versions  # noqa: E402
 
 PROBE = """
 import json, time
@@ -61,7 +65,8 @@ def numbers(args: argparse.Namespace) -> dict:
     from fvlens.tasks import load_task
 
     torch.set_num_threads(args.threads)
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
+                        "PYTHONPATH": str(ROOT)}
     out: dict = {"load": {}}
     if args.cold:
         with tempfile.TemporaryDirectory(prefix="fvlens-bench-cache-") as cache:

@@ -20,7 +20,7 @@ handled here (docs/models.md, "Backends"):
   ``past_kv_cache=``): ``kv_forward`` runs either. ``install_kv_shim`` repairs the bridge's
   cache with transformers ≥ 5.24, which renamed the attention keyword to ``cache``.
 - Config fields only ``HookedTransformer`` has (``cfg_get``), ``original_architecture`` versus
-  ``architecture`` (``architecture``), ``b_O`` None on the bridge (``output_bias``).
+  ``architecture`` (``architecture``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from fvlens.modeltype import Model
 
 __all__ = ["Model", "KVCache", "tl_version", "has_hooked_transformer", "is_bridge", "hook_points",
            "hook_names", "hook_point", "cfg_get", "architecture", "input_hook_names",
-           "output_bias", "bridge_run_to", "bridge_resume", "kv_forward", "repeat_kv",
+           "bridge_run_to", "bridge_resume", "kv_forward", "repeat_kv",
            "install_kv_shim", "positions", "pass_on"]
 
 
@@ -132,16 +132,6 @@ def pass_on(x: Tensor, hook: Any) -> Tensor | None:
     bridge takes an edited norm scale for an edit).
     """
     return x if getattr(hook, "hook_conversion", None) is not None else None
-
-
-def output_bias(attn: torch.nn.Module) -> Tensor:
-    """An attention block's ``b_O`` (``[d_model]``); zeros where it has none (the bridge's
-    ``b_O`` is None for bias-free projections)."""
-    b = getattr(attn, "b_O", None)
-    if b is not None:
-        return b
-    w = attn.W_O
-    return torch.zeros(w.shape[-1], device=w.device, dtype=w.dtype)
 
 
 def positions(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:

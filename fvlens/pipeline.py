@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
+from fvlens.backend import is_bridge
 from fvlens.evaluate import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
@@ -196,7 +197,8 @@ def run_settings(model: Model, cfg: RunConfig) -> dict:
     model's dtype and device, and its backend (``"hooked"`` or ``"bridge"``)."""
     meta = getattr(model, "fvlens_meta", {})
     extra = {"processing": meta.get("processing"), "dtype": meta.get("dtype"),
-             "device": str(model.cfg.device), "backend": meta.get("backend", "hooked")}
+             "device": str(model.cfg.device),
+             "backend": "bridge" if is_bridge(model) else "hooked"}
     return json.loads(json.dumps(dataclasses.asdict(cfg) | extra))
 
 
