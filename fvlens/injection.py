@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from fvlens.batch import PromptBatch, auto_batch_size
-from fvlens.evaluate import Evaluation, evaluation_from_logits
+from fvlens.evaluation import Evaluation, evaluation_from_logits
 from fvlens.forward import final_logits, resume, run_to, token_budget
 from fvlens.hooks import HookList, hook_name
 from fvlens.modeltype import Model

@@ -62,7 +62,7 @@ def tiny_hf(family: str, seed: int = 0):
 
 def tiny_bridge(family: str, *, processing: dict | None = None, seed: int = 0):
     """``tiny_hf(family)`` booted as fvlens boots every bridge (``boot_bridge``)."""
-    from fvlens.models_bridge import boot_bridge
+    from fvlens.models.bridge import boot_bridge
 
     bridge, _ = boot_bridge(tiny_hf(family, seed), tiny_tokenizer(), name=f"tiny-{family}",
                             processing=PROCESSING if processing is None else processing,

@@ -11,6 +11,7 @@ transformer-lens 3.9 (whose bridge this is too) and 4.x (the CI job of .ci/run).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -80,7 +81,7 @@ def test_boot_keeps_the_hf_models_logits(name):
     with torch.no_grad():  # positions counted from each row's first real token, as TL does
         want = hf(batch.tokens, attention_mask=batch.attention_mask,
                   position_ids=positions(batch.attention_mask)).logits[:, -1]
-    from fvlens.models_bridge import boot_bridge
+    from fvlens.models.bridge import boot_bridge
 
     model, _ = boot_bridge(hf, tiny_tokenizer(), name=name, processing=PROCESSING,
                            adds_bos=False)
@@ -273,7 +274,7 @@ def test_fast_aie_equals_the_reference_on_a_padded_batch(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fv_and_dfv_steer_only_the_last_position_and_sweeps_equal_full_passes(name):
-    from fvlens.evaluate import evaluation_from_logits
+    from fvlens.evaluation import evaluation_from_logits
     from fvlens.injection import residual_cache, steered_evaluation
     from fvlens.steering import DistributedFV, FunctionVector
 
@@ -361,7 +362,7 @@ def test_results_record_the_backend():
 
 def test_backend_choice_and_the_error_that_names_the_fix(monkeypatch):
     from fvlens import backend as be
-    from fvlens.models import _backend
+    from fvlens.models.loader import _backend
 
     assert _backend(None) == ("hooked" if be.has_hooked_transformer() else "bridge")
     assert _backend("bridge") == "bridge"
@@ -393,9 +394,10 @@ def test_load_model_boots_a_bridge_from_a_local_folder(tmp_path, name):
 
 
 def test_hf_weight_cache_round_trip_and_damage(tmp_path):
-    from fvlens.models_bridge import _META, _read, _write
+    from fvlens.models.bridge import _META, _read, _write
+    from fvlens.models.specs import Source
 
-    source = {"kind": "gguf", "name": "tiny", "hash": "abc"}
+    source = Source(kind="gguf", name="tiny", path=None, key="abc")
     hf = tiny_hf("qwen2")  # tied lm_head: stored once, re-tied on reading
     entry = tmp_path / "hf-tiny"
     _write(entry, hf, tiny_tokenizer(), source)
@@ -405,7 +407,7 @@ def test_hf_weight_cache_round_trip_and_damage(tmp_path):
         assert torch.equal(model(tokens).logits, hf(tokens).logits)
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     with pytest.warns(UserWarning, match="stale"):  # another source: rebuilt
-        assert _read(entry, {**source, "hash": "other"}) is None
+        assert _read(entry, dataclasses.replace(source, key="other")) is None
     assert not entry.exists()
     _write(entry, hf, tiny_tokenizer(), source)
     meta = json.loads((entry / _META).read_text())

@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from fvlens.evaluate import Evaluation, evaluate
+from fvlens.evaluation import Evaluation, evaluate
 from fvlens.modeltype import Model
 from fvlens.prompts import PromptBatch, instruction_prompts, tokenize, zero_shot_prompts
 from fvlens.tasks import Pair, Task, load_task

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.modeltype import Model
 from fvlens.prompts import target_ids, zero_shot_prompts
 from fvlens.steering import FunctionVector

@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.forward import forward_last
 from fvlens.modeltype import Model
 from fvlens.plan import extract_vectors

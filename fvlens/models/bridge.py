@@ -26,13 +26,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fvlens.backend import install_kv_shim, tl_version
+from fvlens.models.convert import load_hf, tokenizer_adds_bos
+from fvlens.models.specs import Source
 from fvlens.modeltype import Model
 
 __all__ = ["load_bridge", "boot_bridge", "HF_CACHE_FORMAT"]
@@ -85,30 +86,29 @@ def boot_bridge(hf_model: Any, tokenizer: Any, *, name: str, processing: dict[st
     return bridge, shim
 
 
-def load_bridge(spec: str, source: dict[str, Any], *, load_hf: Callable, adds_bos: Callable,
-                processing: dict[str, bool], device: str | torch.device, dtype: torch.dtype,
+def load_bridge(spec: str, source: Source, path: Path | None, *, processing: dict[str, bool],
+                device: str | torch.device, dtype: torch.dtype,
                 cache_root: Path | None) -> Model:
-    """``load_model(spec, backend="bridge")``; ``source`` is the resolved spec and
-    ``load_hf``/``adds_bos`` are ``fvlens.models``'s HF loader and BOS test (passed in so that
-    this module does not import the HookedTransformer loader). ``cache_root`` None: no cache.
+    """``load_model(spec, backend="bridge")``: ``source`` is the resolved spec, ``path`` the
+    GGUF file or folder to read (None for hub names). ``cache_root`` None: no cache.
     """
     t0 = time.perf_counter()
     entry = None
-    if cache_root is not None and source["kind"] in ("embedded", "gguf"):
+    if cache_root is not None and source.kind in ("embedded", "gguf"):
         entry = Path(cache_root) / _entry_name(source)
     got = _read(entry, source) if entry is not None else None
     if got is None:
-        hf_model, tokenizer = _load_source(source, load_hf)
+        hf_model, tokenizer = _load_source(source, path)
         if entry is not None:
             _write(entry, hf_model, tokenizer, source)
     else:
         hf_model, tokenizer = got
     t_hf = time.perf_counter() - t0
-    model, shim = boot_bridge(hf_model, tokenizer, name=source["name"], processing=processing,
-                              adds_bos=adds_bos(tokenizer), device=device, dtype=dtype)
+    model, shim = boot_bridge(hf_model, tokenizer, name=source.name, processing=processing,
+                              adds_bos=tokenizer_adds_bos(tokenizer), device=device, dtype=dtype)
     model.fvlens_meta = {
-        "spec": str(spec), "name": source["name"], "kind": source["kind"],
-        "source_hash": source["hash"], "processing": dict(processing),
+        "spec": str(spec), "name": source.name, "kind": source.kind,
+        "source_hash": source.key, "processing": dict(processing),
         "dtype": str(dtype).removeprefix("torch."), "device": str(device),
         "from_cache": got is not None, "backend": "bridge",
         "transformer_lens": tl_version(), "kv_shim": shim,
@@ -118,29 +118,28 @@ def load_bridge(spec: str, source: dict[str, Any], *, load_hf: Callable, adds_bo
     return model
 
 
-def _load_source(source: dict[str, Any], load_hf: Callable):
-    if source["kind"] == "hub":
+def _load_source(source: Source, path: Path | None):
+    if source.kind == "hub":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source["name"])
-        hf_model = AutoModelForCausalLM.from_pretrained(source["name"], dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(source.name, dtype=torch.float32)
         return hf_model.eval(), tokenizer
-    hf_model, tokenizer, _ = load_hf(source, torch.float32)
-    return hf_model, tokenizer
+    return load_hf(source, path)
 
 
 # --- the cache of dequantized GGUF weights ------------------------------------------------
 
 
-def _entry_name(source: dict[str, Any]) -> str:
+def _entry_name(source: Source) -> str:
     from importlib.metadata import version
 
-    ident = json.dumps([HF_CACHE_FORMAT, source["kind"], source["name"], source["hash"],
+    ident = json.dumps([HF_CACHE_FORMAT, source.kind, source.name, source.key,
                         version("transformers")], sort_keys=True)
-    return f"hf-{source['name'].replace('/', '--')}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    return f"hf-{source.name.replace('/', '--')}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
-def _write(entry: Path, hf_model: Any, tokenizer: Any, source: dict[str, Any]) -> None:
+def _write(entry: Path, hf_model: Any, tokenizer: Any, source: Source) -> None:
     """The float32 HF weights (tied copies once), config and tokenizer, written atomically."""
     from safetensors.torch import save_file
 
@@ -162,7 +161,7 @@ def _write(entry: Path, hf_model: Any, tokenizer: Any, source: dict[str, Any]) -
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         st = (tmp / _WEIGHTS).stat()
-        meta = {"format": HF_CACHE_FORMAT, "source_hash": source["hash"], "size": st.st_size}
+        meta = {"format": HF_CACHE_FORMAT, "source_hash": source.key, "size": st.st_size}
         (tmp / _META).write_text(json.dumps(meta))
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
@@ -172,7 +171,7 @@ def _write(entry: Path, hf_model: Any, tokenizer: Any, source: dict[str, Any]) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read(entry: Path, source: dict[str, Any]):
+def _read(entry: Path, source: Source):
     """(HF model, tokenizer) from the cache, or None; a damaged entry is removed."""
     if not (entry / _META).is_file():
         return None
@@ -180,7 +179,7 @@ def _read(entry: Path, source: dict[str, Any]):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         meta = json.loads((entry / _META).read_text())
-        if meta.get("format") != HF_CACHE_FORMAT or meta.get("source_hash") != source["hash"]:
+        if meta.get("format") != HF_CACHE_FORMAT or meta.get("source_hash") != source.key:
             raise ValueError("stale entry")
         if (entry / _WEIGHTS).stat().st_size != meta["size"]:
             raise ValueError("weights file has the wrong size")
