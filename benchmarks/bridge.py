@@ -2,13 +2,15 @@
 
     python benchmarks/bridge.py numbers --out benchmarks/results/bridge.json
     python benchmarks/bridge.py runs A/results.json B/results.json ... --out ...
+    python benchmarks/bridge.py explain-across --python /path/to/tl4-venv/bin/python
 
 ``numbers`` (needs transformer-lens 3.x, which has both classes): load times of each backend
 in fresh processes (warm; ``--cold`` adds a first load into an empty cache), then on one model
 pair the logits of a batch of ICL prompts, ``explain`` (relative error of each field), fast
 AIE on corrupted prompts (agreement and time). ``runs`` compares the steered top-1 of
 ``fvlens run`` results made with each backend (the issue's acceptance check) and merges the
-comparison into ``--out``.
+comparison into ``--out``. ``explain-across`` compares ``explain`` on HookedTransformer (this
+interpreter) with ``explain`` on the bridge under another interpreter (TransformerLens 4).
 """
 
 from __future__ import annotations
@@ -34,6 +36,22 @@ from fvlens.models import load_model
 m = load_model("smollm2-135m", backend={backend!r}, device="cpu")
 print(json.dumps({{"load_s": time.perf_counter() - t0, "from_cache": m.fvlens_meta["from_cache"],
                   "phases": m.fvlens_meta.get("seconds")}}))
+"""
+EXPLAIN_PROBE = """
+import json, time, torch
+from importlib.metadata import version
+torch.set_num_threads({threads})
+from fvlens.lrp.relevance import explain
+from fvlens.models import load_model
+m = load_model("smollm2-135m", backend={backend!r}, device="cpu")
+for p in m.parameters():
+    p.requires_grad_(False)
+t0 = time.perf_counter()
+r = explain(m, {prompt!r}, " large")
+s = time.perf_counter() - t0
+torch.save({{f: getattr(r, f) for f in ("tokens", "heads", "attention")}}, {path!r})
+print(json.dumps({{"seconds": s, "logit": float(r.logit), "backend": {backend!r},
+                  "transformer-lens": version("transformer-lens")}}))
 """
 PROMPT = "Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: fast\nA:"
 
@@ -108,6 +126,34 @@ def numbers(args: argparse.Namespace) -> dict:
     return out
 
 
+def explain_across(args: argparse.Namespace) -> dict:
+    """``explain`` on HookedTransformer (this interpreter, TL 3.x) against the bridge under
+    another interpreter (``--python``, e.g. a venv with transformer-lens 4.3), fp32."""
+    import torch
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads),
+                        "PYTHONPATH": str(ROOT)}
+    got = {}
+    with tempfile.TemporaryDirectory(prefix="fvlens-bench-explain-") as tmp:
+        for backend, python in (("hooked", sys.executable), ("bridge", args.python)):
+            path = os.path.join(tmp, f"{backend}.pt")
+            code = EXPLAIN_PROBE.format(threads=args.threads, backend=backend, prompt=PROMPT,
+                                        path=path)
+            t0 = time.perf_counter()
+            done = subprocess.run([python, "-c", code], env=env, capture_output=True,
+                                  text=True, check=True)
+            info = json.loads(done.stdout.strip().splitlines()[-1])
+            info["process_wall_s"] = time.perf_counter() - t0
+            got[backend] = (info, torch.load(path))
+    (hi, ht), (bi, bt) = got["hooked"], got["bridge"]
+    rel = {f: relative(bt[f], ht[f]) for f in ("tokens", "heads", "attention")}
+    rel["logit"] = abs(bi["logit"] - hi["logit"]) / abs(hi["logit"])
+    return {"explain_across_versions": {
+        "prompt": PROMPT, "target": " large", "dtype": "float32",
+        "hooked": hi, "bridge": bi, "relative_diff": rel,
+        "max_relative_diff": max(rel.values()), "bound": 1e-4}}
+
+
 def runs(args: argparse.Namespace) -> dict:
     table = {}
     for path in args.results:
@@ -138,10 +184,14 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=1)
     s = sub.add_parser("runs")
     s.add_argument("results", nargs="+")
+    s = sub.add_parser("explain-across")
+    s.add_argument("--python", required=True, help="interpreter with transformer-lens 4.x")
+    s.add_argument("--threads", type=int, default=1)
     for s in sub.choices.values():
         s.add_argument("--out", default="benchmarks/results/bridge.json")
     args = ap.parse_args()
-    result = numbers(args) if args.command == "numbers" else runs(args)
+    result = {"numbers": numbers, "runs": runs,
+              "explain-across": explain_across}[args.command](args)
     previous = {}
     if os.path.exists(args.out):
         with open(args.out) as f:
