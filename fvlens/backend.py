@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import importlib.metadata
 import sys
+import warnings
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -248,8 +249,18 @@ def bridge_resume(model: Model, resid: Float[Tensor, "batch pos d_model"], *, st
     if past_key_values is not None:
         kwargs["past_key_values"] = past_key_values
     with _only_blocks(model, start, stop), _swap_input(model.blocks[start], resid), \
-            _stop_after(model.ln_final.hook_in):
+            _stop_after(model.ln_final.hook_in), _hf_cache_keyword():
         return model(resid, **kwargs)
+
+
+@contextlib.contextmanager
+def _hf_cache_keyword() -> Iterator[None]:
+    """Silence transformers >= 5.24's FutureWarning that ``past_key_values`` is now ``cache``:
+    the bridge's forward takes only the old name (and hands it on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 # --- key/value caches ---------------------------------------------------------------------
@@ -276,9 +287,10 @@ def kv_forward(model: Model, tokens: Int[Tensor, "batch new"],
     """
     full = attention_mask if kv is None else torch.cat([kv.mask, attention_mask], dim=1)
     if is_bridge(model):
-        logits, cache = model(tokens, attention_mask=full, use_cache=True,
-                              past_key_values=None if kv is None else kv.cache,
-                              return_type="logits_and_cache")
+        with _hf_cache_keyword():
+            logits, cache = model(tokens, attention_mask=full, use_cache=True,
+                                  past_key_values=None if kv is None else kv.cache,
+                                  return_type="logits_and_cache")
         return logits, KVCache(cache=cache, mask=full)
     if kv is None:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
