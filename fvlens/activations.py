@@ -9,18 +9,18 @@ from __future__ import annotations
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
 from fvlens.forward import forward_last, map_chunks, token_budget
 from fvlens.hooks import hook_name
+from fvlens.modeltype import Model
 
 __all__ = ["last_token_head_activations", "mean_head_activations", "mean_of_correct"]
 
 
 @torch.no_grad()
 def last_token_head_activations(
-    model: HookedTransformer, batch: PromptBatch, *, batch_size: int | None = None
+    model: Model, batch: PromptBatch, *, batch_size: int | None = None
 ) -> tuple[Float[Tensor, "batch n_layers n_heads d_head"], Bool[Tensor, " batch"]]:
     """Every head's ``hook_z`` at the last token of every prompt, and whether the prompt's
     top-1 prediction is its target (one forward pass over the batch).
@@ -52,7 +52,7 @@ def last_token_head_activations(
 
 
 def mean_head_activations(
-    model: HookedTransformer, batch: PromptBatch, *, only_correct: bool = True,
+    model: Model, batch: PromptBatch, *, only_correct: bool = True,
     batch_size: int | None = None,
 ) -> Float[Tensor, "n_layers n_heads d_head"]:
     """Each head's ``hook_z`` at the last token, averaged over prompts.

@@ -15,11 +15,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
 from fvlens.forward import forward_last, map_chunks, ranks_of, token_budget
 from fvlens.hooks import HookFn, check_hook_names
+from fvlens.modeltype import Model
 from fvlens.prompts import icl_prompts, instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.tasks import Task
 
@@ -28,7 +28,7 @@ __all__ = ["Evaluation", "last_logits", "evaluate", "baseline", "ranks_of",
 
 
 @torch.no_grad()
-def last_logits(model: HookedTransformer, batch: PromptBatch, *,
+def last_logits(model: Model, batch: PromptBatch, *,
                 fwd_hooks: Sequence[tuple[str, HookFn]] = (),
                 batch_size: int | None = None) -> Float[Tensor, "batch vocab"]:
     """Logits at the last position of every row, with ``fwd_hooks`` applied (float32, CPU).
@@ -82,7 +82,7 @@ class Evaluation:
                 f"{prefix}mean_rank": float(self.ranks.float().mean())}
 
 
-def evaluate(model: HookedTransformer, batch: PromptBatch, *,
+def evaluate(model: Model, batch: PromptBatch, *,
              fwd_hooks: Sequence[tuple[str, HookFn]] = (),
              batch_size: int | None = None) -> Evaluation:
     """Top-k accuracy and target rank of ``batch`` under ``fwd_hooks``."""
@@ -101,7 +101,7 @@ def evaluation_from_logits(logits: Float[Tensor, "batch vocab"],
                       target_probs=probs.gather(1, targets[:, None])[:, 0])
 
 
-def baseline(model: HookedTransformer, task: Task, *, shots: int = 10, n_test: int | None = 50,
+def baseline(model: Model, task: Task, *, shots: int = 10, n_test: int | None = 50,
              seed: int = 0, test_fraction: float = 0.3,
              modes: Sequence[str] = ("zero_shot", "icl", "instruction"),
              batch_size: int | None = None, progress: bool = True) -> dict[str, float | int]:

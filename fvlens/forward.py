@@ -22,9 +22,10 @@ from typing import TypeVar
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from fvlens.backend import bridge_resume, bridge_run_to, is_bridge
 from fvlens.batch import TOKENS_PER_PASS, PromptBatch, auto_batch_size
+from fvlens.modeltype import Model
 
 __all__ = ["run_to", "resume", "final_logits", "forward_last", "map_chunks", "ranks_of",
            "check_length", "token_budget"]
@@ -32,11 +33,11 @@ __all__ = ["run_to", "resume", "final_logits", "forward_last", "map_chunks", "ra
 T = TypeVar("T")
 
 
-def _mask(model: HookedTransformer, attention_mask: Tensor | None) -> Tensor | None:
+def _mask(model: Model, attention_mask: Tensor | None) -> Tensor | None:
     return None if attention_mask is None else attention_mask.to(model.cfg.device)
 
 
-def run_to(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
+def run_to(model: Model, tokens: Int[Tensor, "batch pos"],
            attention_mask: Int[Tensor, "batch pos"] | None = None, *,
            layer: int | None = None) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream after blocks ``0 .. layer-1`` (``hook_resid_pre`` of ``layer``).
@@ -48,18 +49,20 @@ def run_to(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
     """
     stop = model.cfg.n_layers if layer is None else layer
     check_length(model, tokens.shape[-1])
-    return model(tokens.to(model.cfg.device), attention_mask=_mask(model, attention_mask),
-                 stop_at_layer=stop)
+    tokens, mask = tokens.to(model.cfg.device), _mask(model, attention_mask)
+    if is_bridge(model):
+        return bridge_run_to(model, tokens, mask, stop)
+    return model(tokens, attention_mask=mask, stop_at_layer=stop)
 
 
-def check_length(model: HookedTransformer, n_tokens: int) -> None:
+def check_length(model: Model, n_tokens: int) -> None:
     """Raise a ValueError when a prompt of ``n_tokens`` exceeds the model's context."""
     if n_tokens > model.cfg.n_ctx:
         raise ValueError(f"a prompt of {n_tokens} tokens exceeds the model's context of "
                          f"{model.cfg.n_ctx} tokens; use fewer shots or shorter prompts")
 
 
-def resume(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], *,
+def resume(model: Model, resid: Float[Tensor, "batch pos d_model"], *,
            start: int, attention_mask: Int[Tensor, "batch pos"] | None = None,
            stop: int | None = None) -> Float[Tensor, "batch pos d_model"]:
     """Run blocks ``start .. stop-1`` on a residual stream (``hook_resid_pre`` of ``start``).
@@ -74,17 +77,21 @@ def resume(model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], 
     stop = model.cfg.n_layers if stop is None else stop
     if start >= stop:
         return resid
+    if is_bridge(model):
+        return bridge_resume(model, resid, start=start, stop=stop,
+                             attention_mask=_mask(model, attention_mask))
     return model(resid, start_at_layer=start, stop_at_layer=stop,
                  attention_mask=_mask(model, attention_mask))
 
 
-def final_logits(model: HookedTransformer, resid: Float[Tensor, "*rows d_model"]
+def final_logits(model: Model, resid: Float[Tensor, "*rows d_model"]
                  ) -> Float[Tensor, "*rows d_vocab"]:
     """Final norm, unembedding and output soft-cap of a residual stream of any leading shape.
 
-    The same computation as the end of ``HookedTransformer.forward`` (so ``ln_final``'s and
-    ``unembed``'s hook points fire), applied only to the rows given: pass ``resid[:, -1]`` to
-    unembed one position instead of all. Keeps the autograd graph, device and dtype.
+    The same computation as the end of the model's own forward pass (so ``ln_final``'s and
+    ``unembed``'s hook points fire; on both backends the output soft-cap follows ``unembed``),
+    applied only to the rows given: pass ``resid[:, -1]`` to unembed one position instead of
+    all. Keeps the autograd graph, device and dtype.
     """
     from transformer_lens.utilities.activation_functions import apply_softcap
 
@@ -96,7 +103,7 @@ def final_logits(model: HookedTransformer, resid: Float[Tensor, "*rows d_model"]
     return logits.reshape(*shape[:-1], logits.shape[-1])
 
 
-def forward_last(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
+def forward_last(model: Model, tokens: Int[Tensor, "batch pos"],
                 attention_mask: Int[Tensor, "batch pos"] | None = None
                 ) -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last position of every row (left-padded batches: the last real token)."""
@@ -111,7 +118,7 @@ def ranks_of(logits: Float[Tensor, "batch vocab"], targets: Int[Tensor, " batch"
     return (logits > target_logit).sum(-1)
 
 
-def token_budget(model: HookedTransformer) -> int:
+def token_budget(model: Model) -> int:
     """Tokens per forward pass: ``TOKENS_PER_PASS`` on the CPU; on a GPU, what a quarter of its
     free memory holds at an estimated cost per token (every layer's residual kept in float32,
     plus the widest activations of one block in the model's dtype)."""

@@ -8,8 +8,9 @@ tokens it generates attend to the steered prompt states but get no edit of their
 
 Two paths give the same tokens:
 
-- ``use_cache=True``: one forward pass over the prompt with the hooks (filling TransformerLens's
-  key/value cache), then one unhooked pass per new token.
+- ``use_cache=True``: one forward pass over the prompt with the hooks (filling the key/value
+  cache: TransformerLens's own, or Hugging Face's on a bridge), then one unhooked pass per new
+  token.
 - ``use_cache=False``: every step re-runs the whole sequence, with the hooks restricted to the
   prompt's positions (``restrict_to_prompt``): a hook sees exactly the prompt-length activation
   it sees in the cached path, so the last position it edits is the prompt's last token.
@@ -25,11 +26,11 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from fvlens.backend import KVCache, kv_forward
 from fvlens.hooks import HookFn, HookList, check_hook_names
 from fvlens.batch import pad_left
+from fvlens.modeltype import Model
 from fvlens.prompts import pad_token_id, tokenize
 from fvlens.steering import DistributedFV, FunctionVector
 
@@ -66,7 +67,7 @@ class Generation:
     logits: Float[Tensor, "batch new vocab"]
     finished: Bool[Tensor, " batch"]
 
-    def continuations(self, model: HookedTransformer, *, stop_at_eos: bool = True) -> list[str]:
+    def continuations(self, model: Model, *, stop_at_eos: bool = True) -> list[str]:
         """Decoded generated tokens of every row, cut before the first EOS when ``stop_at_eos``."""
         eos = model.tokenizer.eos_token_id
         out = []
@@ -113,7 +114,7 @@ def _restricted(fn: HookFn, n: int, pattern: bool) -> HookFn:
 
 
 def generate(
-    model: HookedTransformer,
+    model: Model,
     prompt: str | list[str],
     vector: Vector = None,
     *,
@@ -153,7 +154,7 @@ def generate(
 
 @torch.no_grad()
 def generate_tokens(
-    model: HookedTransformer,
+    model: Model,
     prompt: str | list[str],
     vector: Vector = None,
     *,
@@ -186,8 +187,7 @@ def generate_tokens(
     device = model.cfg.device
     tokens, mask = tokens.to(device), mask.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if do_sample else None
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n_batch) if use_cache \
-        else None
+    kv: KVCache | None = None
     step_hooks = restrict_to_prompt(hooks, n_prompt) if hooks and not use_cache else []
     new_tokens: list[Tensor] = []
     step_logits: list[Tensor] = []
@@ -197,10 +197,14 @@ def generate_tokens(
     for step in range(max_new_tokens):
         if step == 0:
             with model.hooks(fwd_hooks=list(hooks)):
-                logits = model(tokens, attention_mask=mask, past_kv_cache=cache)[:, -1]
+                if use_cache:
+                    logits, kv = kv_forward(model, tokens, mask)
+                    logits = logits[:, -1]
+                else:
+                    logits = model(tokens, attention_mask=mask)[:, -1]
         elif use_cache:
-            logits = model(new_tokens[-1][:, None], attention_mask=ones,
-                           past_kv_cache=cache)[:, -1]
+            logits, kv = kv_forward(model, new_tokens[-1][:, None], ones, kv)
+            logits = logits[:, -1]
         else:
             seq = torch.cat([tokens, torch.stack(new_tokens, dim=1)], dim=1)
             full_mask = torch.cat([mask, ones.expand(-1, step)], dim=1)
@@ -245,7 +249,7 @@ def vector_hooks(vector: Vector, *, layer: int | None = None, scale: float = 1.0
     return [] if vector is None else list(vector)
 
 
-def side_by_side(model: HookedTransformer, prompt: str, vector: Vector, **kw) -> dict:
+def side_by_side(model: Model, prompt: str, vector: Vector, **kw) -> dict:
     """The unsteered and steered continuations of one prompt.
 
     Args:
@@ -262,7 +266,7 @@ def side_by_side(model: HookedTransformer, prompt: str, vector: Vector, **kw) ->
     }
 
 
-def _pad_left(model: HookedTransformer,
+def _pad_left(model: Model,
               prompts: list[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     if not prompts:
         raise ValueError("no prompts to generate from")

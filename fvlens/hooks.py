@@ -12,8 +12,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.hook_points import HookPoint
+
+from fvlens.backend import hook_names, hook_points
+from fvlens.modeltype import Model
 
 HookFn = Callable[..., Tensor | None]
 HookList = list[tuple[str, HookFn]]
@@ -63,9 +64,9 @@ def hook_name(kind: str, layer: int | None = None) -> str:
     return f"blocks.{layer}.{suffix}"
 
 
-def check_hook_names(model: HookedTransformer, hooks: Sequence[tuple[str, HookFn]]) -> None:
+def check_hook_names(model: Model, hooks: Sequence[tuple[str, HookFn]]) -> None:
     """Raise a ValueError naming the nearest existing hooks when a hook name is unknown."""
-    known = model.hook_dict
+    known = hook_names(model)
     for name, _ in hooks:
         if name not in known:
             import difflib
@@ -77,22 +78,22 @@ def check_hook_names(model: HookedTransformer, hooks: Sequence[tuple[str, HookFn
             )
 
 
-def count_hooks(model: HookedTransformer) -> int:
+def count_hooks(model: Model) -> int:
     """Number of hooks registered on the hook points of ``model``, each counted once.
 
     Counts what torch will call (forward, forward-pre, backward and backward-pre hooks of every
     ``HookPoint``), so a hook added through TransformerLens (``model.hooks``,
-    ``add_hook``) or directly through torch is seen, and none twice.
+    ``add_hook``) or directly through torch is seen, and none twice (a bridge lists some hook
+    points under several names).
     """
     total = 0
-    for hp in model.hook_dict.values():
-        assert isinstance(hp, HookPoint)
+    for hp in hook_points(model):
         total += len(hp._forward_hooks) + len(hp._forward_pre_hooks)
         total += len(hp._backward_hooks) + len(hp._backward_pre_hooks)
     return total
 
 
-def assert_no_hooks(model: HookedTransformer) -> None:
+def assert_no_hooks(model: Model) -> None:
     """Raise an AssertionError if any hook is left on the model."""
     n = count_hooks(model)
     if n:
@@ -100,7 +101,7 @@ def assert_no_hooks(model: HookedTransformer) -> None:
 
 
 @contextlib.contextmanager
-def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
+def frozen_parameters(model: Model) -> Iterator[None]:
     """Turn off ``requires_grad`` on every parameter of ``model``; restore each flag on exit.
 
     Inside, a backward pass reaches only what the caller made a leaf (a hooked activation, a

@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch, auto_batch_size
 from fvlens.evaluation import Evaluation, evaluation_from_logits
-from fvlens.forward import final_logits, resume, token_budget
+from fvlens.forward import final_logits, resume, run_to, token_budget
 from fvlens.hooks import HookList, hook_name
+from fvlens.modeltype import Model
 
 __all__ = ["ResidualCache", "residual_cache", "steered_evaluation", "layer_sweep",
            "scale_sweep", "best_layer", "best_layer_and_scale", "DEFAULT_SCALES"]
@@ -54,7 +54,7 @@ class ResidualCache:
 
 
 @torch.no_grad()
-def residual_cache(model: HookedTransformer, batch: PromptBatch, *,
+def residual_cache(model: Model, batch: PromptBatch, *,
                    batch_size: int | None = None) -> ResidualCache:
     """Run ``batch`` once, keeping the residual stream before and after every block.
 
@@ -68,15 +68,16 @@ def residual_cache(model: HookedTransformer, batch: PromptBatch, *,
     for chunk in chunks:
         store: list[Tensor | None] = [None] * (n + 1)
 
-        def grab(x: Tensor, hook, *, _store=store) -> None:
-            name = hook.name
-            _store[0 if name.endswith("hook_resid_pre") else hook.layer() + 1] = x.detach()
+        def grab(index: int):  # filed by position, not hook.name (a bridge renames)
+            def fn(x: Tensor, hook) -> None:
+                store[index] = x.detach()
 
-        hooks = [(hook_name("resid_pre", 0), grab)]
-        hooks += [(hook_name("resid_post", layer), grab) for layer in range(n)]
+            return fn
+
+        hooks = [(hook_name("resid_pre", 0), grab(0))]
+        hooks += [(hook_name("resid_post", layer), grab(layer + 1)) for layer in range(n)]
         with model.hooks(fwd_hooks=hooks):
-            model(chunk.tokens.to(model.cfg.device),
-                  attention_mask=chunk.attention_mask.to(model.cfg.device), stop_at_layer=n)
+            run_to(model, chunk.tokens, chunk.attention_mask)
         stacked = torch.stack(store)  # type: ignore[arg-type]
         resid.append(stacked)
         logits.append(final_logits(model, stacked[-1][:, -1]).float().cpu())
@@ -85,7 +86,7 @@ def residual_cache(model: HookedTransformer, batch: PromptBatch, *,
 
 
 @torch.no_grad()
-def steered_evaluation(model: HookedTransformer, cache: ResidualCache, *, start: int,
+def steered_evaluation(model: Model, cache: ResidualCache, *, start: int,
                        vector: Float[Tensor, " d_model"] | None = None,
                        fwd_hooks: HookList = ()) -> Evaluation:
     """Evaluate the cached batch with an edit that acts from block ``start`` upwards.
@@ -115,7 +116,7 @@ def steered_evaluation(model: HookedTransformer, cache: ResidualCache, *, start:
     return evaluation_from_logits(torch.cat(logits), cache.batch.targets)
 
 
-def _per_layer(model: HookedTransformer, vectors: Tensor) -> Tensor:
+def _per_layer(model: Model, vectors: Tensor) -> Tensor:
     n = model.cfg.n_layers
     if vectors.ndim == 1:
         return vectors.expand(n, -1)
@@ -125,7 +126,7 @@ def _per_layer(model: HookedTransformer, vectors: Tensor) -> Tensor:
     return vectors
 
 
-def layer_sweep(model: HookedTransformer, batch: PromptBatch,
+def layer_sweep(model: Model, batch: PromptBatch,
                 vectors: Float[Tensor, " d_model"] | Float[Tensor, "n_layers d_model"], *,
                 layers: Sequence[int] | None = None, scale: float = 1.0,
                 cache: ResidualCache | None = None) -> dict[int, Evaluation]:
@@ -156,7 +157,7 @@ def layer_sweep(model: HookedTransformer, batch: PromptBatch,
     return out
 
 
-def scale_sweep(model: HookedTransformer, batch: PromptBatch,
+def scale_sweep(model: Model, batch: PromptBatch,
                 vectors: Float[Tensor, " d_model"] | Float[Tensor, "n_layers d_model"],
                 layer: int, *, scales: Sequence[float] = DEFAULT_SCALES,
                 cache: ResidualCache | None = None) -> dict[float, Evaluation]:
@@ -176,7 +177,7 @@ def best_layer(sweep: Mapping[int, Evaluation]) -> int:
                                          float(sweep[layer].ranks.float().mean()), layer))
 
 
-def best_layer_and_scale(model: HookedTransformer, batch: PromptBatch,
+def best_layer_and_scale(model: Model, batch: PromptBatch,
                          vectors: Float[Tensor, " d_model"] | Float[Tensor, "n_layers d_model"],
                          *, scales: Sequence[float] = DEFAULT_SCALES,
                          cache: ResidualCache | None = None,

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from fvlens.backend import is_bridge
 from fvlens.evaluation import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
 from fvlens.injection import ResidualCache, residual_cache, steered_evaluation
+from fvlens.modeltype import Model
 from fvlens.plan import (DEFAULT_TASKS, INJECTIONS, RunConfig, TaskPlan, build_vectors,
                          extract_vectors, prepare_task, reference_prompts, score_task)
 from fvlens.prompts import instruction_prompts, target_ids, zero_shot_prompts
@@ -41,7 +42,7 @@ MIN_N = 20            # fewer kept test queries than this: the task is flagged "
 MAX_ZERO_SHOT = 0.5   # unsteered zero-shot top-1 at or above this: flagged, nothing to steer
 
 
-def _failures(model: HookedTransformer, queries, ev: Evaluation, n: int) -> tuple[Failure, ...]:
+def _failures(model: Model, queries, ev: Evaluation, n: int) -> tuple[Failure, ...]:
     rows = []
     for i in (ev.ranks > 0).nonzero()[:, 0].tolist()[:n]:
         rows.append(Failure(input=queries[i].input, target=queries[i].output,
@@ -62,7 +63,7 @@ def _flags(res_n: int, zero_shot: float, n_multi: int) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadScores],
+def run_task(model: Model, plan: TaskPlan, scores: dict[str, HeadScores],
              cfg: RunConfig, *, vectors_dir: Path | None = None) -> TaskResult:
     """Baselines and steered zero-shot accuracy of one task on its test queries.
 
@@ -123,7 +124,7 @@ def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadSco
                       flags=_flags(len(keep), cache.unsteered.top1, n_multi))
 
 
-def _save_vectors(model: HookedTransformer, folder: Path, method: str, scores: HeadScores,
+def _save_vectors(model: Model, folder: Path, method: str, scores: HeadScores,
                   fv: FunctionVector, dfv: DistributedFV, scale: float, cfg: RunConfig) -> None:
     common = {"task": folder.name, "select": method, "k": cfg.k,
               "prompt_mode": cfg.prompt_mode, "seed": cfg.seed, "heads": cfg.heads}
@@ -135,7 +136,7 @@ def _save_vectors(model: HookedTransformer, folder: Path, method: str, scores: H
                     meta=common | {"scale": scale})
 
 
-def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
+def _k_sweep(model: Model, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
              layer: int, scale: float, cfg: RunConfig) -> dict[str, dict[int, float]]:
     """Test top-1 for each K at the layer and scale chosen for the default K."""
     out: dict[str, dict[int, float]] = {inj: {} for inj in cfg.inject}
@@ -152,7 +153,7 @@ def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: Re
     return out
 
 
-def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
+def run(model: Model, cfg: RunConfig, *, progress: bool = True,
         on_task: Callable[[RunResult], None] | None = None,
         done: dict[str, TaskResult] | None = None,
         vectors_dir: str | Path | None = None) -> RunResult:
@@ -215,12 +216,13 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
                                global_tasks=global_tasks)
 
 
-def run_settings(model: HookedTransformer, cfg: RunConfig) -> dict:
-    """The ``settings`` of results.json: every ``RunConfig`` field, the weight processing, and
-    the model's dtype and device."""
+def run_settings(model: Model, cfg: RunConfig) -> dict:
+    """The ``settings`` of results.json: every ``RunConfig`` field, the weight processing, the
+    model's dtype and device, and its backend (``"hooked"`` or ``"bridge"``)."""
     meta = getattr(model, "fvlens_meta", {})
     extra = {"processing": meta.get("processing"), "dtype": meta.get("dtype"),
-             "device": str(model.cfg.device)}
+             "device": str(model.cfg.device),
+             "backend": "bridge" if is_bridge(model) else "hooked"}
     return json.loads(json.dumps(dataclasses.asdict(cfg) | extra))
 
 
@@ -240,7 +242,7 @@ def _globalise(scores: dict[str, dict[str, HeadScores]], plans: dict[str, TaskPl
 STEER_INJECT = INJECTIONS
 
 
-def steer_report(model: HookedTransformer, prompt: str, *, task: str, select: str = "aie",
+def steer_report(model: Model, prompt: str, *, task: str, select: str = "aie",
                  inject: str = "fv", k: int = 20, max_new_tokens: int = 20, seed: int = 0,
                  **config) -> dict:
     """Build a task's vector and generate with and without it (the ``fvlens steer`` command).

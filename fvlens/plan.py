@@ -20,13 +20,13 @@ from collections.abc import Sequence
 
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.activations import last_token_head_activations, mean_of_correct
 from fvlens.batch import PromptBatch
 from fvlens.heads.scores import Head, HeadScores
 from fvlens.heads.select import METHODS, score_heads
 from fvlens.injection import ResidualCache, layer_sweep, residual_cache, steered_evaluation
+from fvlens.modeltype import Model
 from fvlens.prompts import corrupted, icl_prompts, instruction_prompts, zero_shot_prompts
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import DEFAULT_TASKS, Pair, Task, load_task
@@ -104,7 +104,7 @@ class RunConfig:
         if self.n_failures < 0:
             raise bad("n_failures", "must be ≥ 0")
 
-    def check_model(self, model: HookedTransformer) -> None:
+    def check_model(self, model: Model) -> None:
         """Settings that depend on the model (raise before any work is done)."""
         total = model.cfg.n_layers * model.cfg.n_heads
         for k in (self.k, *self.k_sweep):
@@ -149,7 +149,7 @@ class TaskPlan:
         return float(self.clean_correct.float().mean())
 
 
-def reference_prompts(model: HookedTransformer, task: Task, queries: Sequence[Pair],
+def reference_prompts(model: Model, task: Task, queries: Sequence[Pair],
                       demos: Sequence[Pair] | Task, cfg: RunConfig, *, seed: int) -> PromptBatch:
     """The prompt of ``cfg.prompt_mode`` (ICL with ``cfg.shots`` demonstrations, or the
     task's instructions) for ``queries``."""
@@ -158,7 +158,7 @@ def reference_prompts(model: HookedTransformer, task: Task, queries: Sequence[Pa
     return instruction_prompts(model, task, queries, seed=seed)
 
 
-def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskPlan:
+def prepare_task(model: Model, task: Task, cfg: RunConfig) -> TaskPlan:
     """Split the task; one pass over the clean prompts; scoring prompts; validation cache.
 
     Raises:
@@ -196,7 +196,7 @@ def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskPl
                     val_cache=residual_cache(model, val))
 
 
-def score_task(model: HookedTransformer, plan: TaskPlan, method: str, cfg: RunConfig, *,
+def score_task(model: Model, plan: TaskPlan, method: str, cfg: RunConfig, *,
                progress: bool = False) -> HeadScores:
     """Head scores of one task by one method, on the plan's scoring prompts."""
     return score_heads(model, plan.scoring, method=method,
@@ -205,7 +205,7 @@ def score_task(model: HookedTransformer, plan: TaskPlan, method: str, cfg: RunCo
                        aie_impl=cfg.aie_impl, progress=progress)
 
 
-def choose_layer(model: HookedTransformer, fv: FunctionVector, val: PromptBatch, *,
+def choose_layer(model: Model, fv: FunctionVector, val: PromptBatch, *,
                  cache: ResidualCache | None = None) -> tuple[int, dict[int, float]]:
     """The injection layer with the best validation top-1 (ties: lower mean rank, then the
     lower layer), and the top-1 of every layer."""
@@ -215,7 +215,7 @@ def choose_layer(model: HookedTransformer, fv: FunctionVector, val: PromptBatch,
     return best_layer(evs), {layer: ev.top1 for layer, ev in evs.items()}
 
 
-def choose_scale(model: HookedTransformer, dfv: DistributedFV, val: PromptBatch,
+def choose_scale(model: Model, dfv: DistributedFV, val: PromptBatch,
                  scales: Sequence[float], *, cache: ResidualCache | None = None
                  ) -> tuple[float, dict[float, float]]:
     """The DFV scale with the best validation top-1 (ties: the smaller scale)."""
@@ -227,7 +227,7 @@ def choose_scale(model: HookedTransformer, dfv: DistributedFV, val: PromptBatch,
     return best, sweep
 
 
-def build_vectors(model: HookedTransformer, plan: TaskPlan, heads: Sequence[Head],
+def build_vectors(model: Model, plan: TaskPlan, heads: Sequence[Head],
                   cfg: RunConfig) -> tuple[FunctionVector, dict, DistributedFV, float, dict]:
     """FV (layer chosen on validation) and DFV (scale chosen on validation) from ``heads``.
 
@@ -257,7 +257,7 @@ class Vectors:
     scale_sweep: dict[str, dict[float, float]]
 
 
-def extract_vectors(model: HookedTransformer, task: str | Task, *,
+def extract_vectors(model: Model, task: str | Task, *,
                     select: Sequence[str] = ("aie",), k: int = 20, seed: int = 0,
                     prompt_mode: str = "icl", progress: bool = False, **config) -> Vectors:
     """Select heads and build a task's FV and DFV per method (the vectors only, no test).

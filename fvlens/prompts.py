@@ -18,9 +18,8 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 
-from transformer_lens import HookedTransformer
-
 from fvlens.batch import DEFAULT_TEMPLATE, PromptBatch, Template
+from fvlens.modeltype import Model
 from fvlens.tasks import Instruction, Pair, Task
 
 __all__ = [
@@ -39,7 +38,7 @@ __all__ = [
 Parts = list[tuple[str, str | None]]  # (text piece, role: "frame" | "context" | None)
 
 
-def tokenize(model: HookedTransformer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+def tokenize(model: Model, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of ``text``, with BOS when the model expects one."""
     tok = model.tokenizer
     if tok is None:
@@ -51,7 +50,7 @@ def tokenize(model: HookedTransformer, text: str) -> tuple[list[int], list[tuple
     return ids, offsets
 
 
-def target_ids(model: HookedTransformer, outputs: Sequence[str], *,
+def target_ids(model: Model, outputs: Sequence[str], *,
                template: Template = DEFAULT_TEMPLATE) -> tuple[list[int], int]:
     """First token id of each ``answer_prefix + output``, and how many are multi-token."""
     ids, multi = [], 0
@@ -64,7 +63,7 @@ def target_ids(model: HookedTransformer, outputs: Sequence[str], *,
     return ids, multi
 
 
-def zero_shot_prompts(model: HookedTransformer, queries: Task | Sequence[Pair], *,
+def zero_shot_prompts(model: Model, queries: Task | Sequence[Pair], *,
                       template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
     """``Q: {x}\\nA:`` for every query pair."""
     qs = _pairs(queries)
@@ -72,7 +71,7 @@ def zero_shot_prompts(model: HookedTransformer, queries: Task | Sequence[Pair], 
     return _build(model, rows, qs, "zero_shot", template)
 
 
-def icl_prompts(model: HookedTransformer, queries: Task | Sequence[Pair],
+def icl_prompts(model: Model, queries: Task | Sequence[Pair],
                 demonstrations: Task | Sequence[Pair], *, shots: int = 10, seed: int = 0,
                 shuffle_labels: bool = False,
                 template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
@@ -99,7 +98,7 @@ def icl_prompts(model: HookedTransformer, queries: Task | Sequence[Pair],
     return corrupted(model, clean, seed=seed) if shuffle_labels else clean
 
 
-def instruction_prompts(model: HookedTransformer, task: Task,
+def instruction_prompts(model: Model, task: Task,
                         queries: Task | Sequence[Pair] | None = None, *,
                         instruction: int | Instruction | None = None, corrupt: bool = False,
                         seed: int = 0, template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
@@ -132,7 +131,7 @@ def instruction_prompts(model: HookedTransformer, task: Task,
     return corrupted(model, clean, seed=seed) if corrupt else clean
 
 
-def corrupted(model: HookedTransformer, clean: PromptBatch, *, seed: int = 0) -> PromptBatch:
+def corrupted(model: Model, clean: PromptBatch, *, seed: int = 0) -> PromptBatch:
     """The corrupted twin of a clean batch, row for row (the baseline of causal mediation).
 
     ICL rows keep their query and their demonstrations in order; the demonstrations' labels
@@ -212,7 +211,7 @@ def _pairs(x: Task | Sequence[Pair]) -> list[Pair]:
     return list(x.pairs) if isinstance(x, Task) else list(x)
 
 
-def _adds_bos(model: HookedTransformer) -> bool:
+def _adds_bos(model: Model) -> bool:
     return bool(model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None)
 
 
@@ -254,7 +253,7 @@ def _split_frames(text: str, frame: Sequence[str]) -> Parts:
 _NEUTRAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _neutral_words(model: HookedTransformer) -> list[str]:
+def _neutral_words(model: Model) -> list[str]:
     """Lower-case words that are one token both alone and after a space (cached per tokenizer)."""
     tok = model.tokenizer
     if tok not in _NEUTRAL_CACHE:
@@ -272,13 +271,13 @@ def _neutral_words(model: HookedTransformer) -> list[str]:
     return _NEUTRAL_CACHE[tok]
 
 
-def _neutral_text(model: HookedTransformer, n_tokens: int, rng: random.Random) -> str:
+def _neutral_text(model: Model, n_tokens: int, rng: random.Random) -> str:
     """``n_tokens`` random whole words, each one token, joined by spaces."""
     words = _neutral_words(model)
     return " ".join(rng.choice(words) for _ in range(max(n_tokens, 1)))
 
 
-def _build(model: HookedTransformer, rows: list[Parts], queries: list[Pair], kind: str,
+def _build(model: Model, rows: list[Parts], queries: list[Pair], kind: str,
            template: Template, *, demonstrations: Sequence[tuple[Pair, ...]] | None = None,
            instructions: Sequence[str | None] | None = None) -> PromptBatch:
     if not rows:
@@ -304,7 +303,7 @@ def _build(model: HookedTransformer, rows: list[Parts], queries: list[Pair], kin
                                  template=template)
 
 
-def pad_token_id(model: HookedTransformer) -> int:
+def pad_token_id(model: Model) -> int:
     """The tokenizer's pad token, else its EOS token, else 0."""
     tok = model.tokenizer
     if tok is None:

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.heads.scores import Head
 from fvlens.hooks import HookList, hook_name
+from fvlens.modeltype import Model
 
 __all__ = ["FunctionVector", "DistributedFV", "add_at_last_position"]
 
@@ -53,7 +53,7 @@ def add_at_last_position(vector: Tensor, *, heads: Sequence[int] | None = None):
     return hook
 
 
-def _check_heads(model: HookedTransformer, heads: Sequence[Head]) -> list[Head]:
+def _check_heads(model: Model, heads: Sequence[Head]) -> list[Head]:
     """The heads as ``(int, int)`` pairs, checked against the model."""
     heads = [tuple(int(v) for v in h) for h in heads]  # type: ignore[misc]
     _check_head_list(heads)
@@ -91,7 +91,7 @@ class FunctionVector:
     layer: int | None = None
 
     @classmethod
-    def from_heads(cls, model: HookedTransformer, mean_z: Float[Tensor, "n_layers n_heads d_head"],
+    def from_heads(cls, model: Model, mean_z: Float[Tensor, "n_layers n_heads d_head"],
                    heads: Sequence[Head], *, layer: int | None = None) -> FunctionVector:
         """Build v = Σ mean_z[L,h] @ W_O[L,h] over ``heads``."""
         heads = _check_heads(model, heads)
@@ -137,14 +137,14 @@ class DistributedFV:
         _check_head_list(self.heads)
 
     @classmethod
-    def from_heads(cls, model: HookedTransformer, mean_z: Float[Tensor, "n_layers n_heads d_head"],
+    def from_heads(cls, model: Model, mean_z: Float[Tensor, "n_layers n_heads d_head"],
                    heads: Sequence[Head]) -> DistributedFV:
         heads = tuple(_check_heads(model, heads))
         means = torch.stack([mean_z[a, b].float().cpu() for a, b in heads]) if heads else \
             torch.zeros(0, model.cfg.d_head)
         return cls(heads=heads, means=means)
 
-    def first_layer(self, model: HookedTransformer) -> int:
+    def first_layer(self, model: Model) -> int:
         """The lowest block this DFV edits (``n_layers`` when it has no heads): everything
         below is unchanged by it."""
         return min((layer for layer, _ in self.heads), default=model.cfg.n_layers)

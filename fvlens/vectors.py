@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.heads.scores import HeadScores
 from fvlens.models import fingerprint, fingerprint_mismatch
+from fvlens.modeltype import Model
 from fvlens.steering import DistributedFV, FunctionVector
 
 __all__ = ["save_vector", "load_vector", "read_vector_meta", "FORMAT", "FORMAT_VERSION"]
@@ -45,7 +45,7 @@ def _parts(vector: Saved) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
                      "DistributedFV, HeadScores or a tensor")
 
 
-def save_vector(vector: Saved, path: str | Path, model: HookedTransformer, *,
+def save_vector(vector: Saved, path: str | Path, model: Model, *,
                 meta: dict[str, Any] | None = None) -> Path:
     """Write ``vector`` and the fingerprint of ``model`` to ``path`` (a ``.safetensors`` file).
 
@@ -104,7 +104,7 @@ def read_vector_meta(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load_vector(path: str | Path, model: HookedTransformer | None = None, *,
+def load_vector(path: str | Path, model: Model | None = None, *,
                 strict: bool = True) -> Saved:
     """Read a vector file, checking that it was made on ``model``.
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither: the bridge tests run there too
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 SHARED_DATA = os.path.join(SHARED, "data")
@@ -15,6 +19,8 @@ SHARED_DATA = os.path.join(SHARED, "data")
 def tiny_config(kind: str = "llama", **overrides) -> HookedTransformerConfig:
     """A seeded 3-layer config. ``kind``: "llama" (RMSNorm, gated SiLU MLP, rotary, GQA) or
     "gpt2" (LayerNorm, GELU, biases, learned positions)."""
+    from transformer_lens import HookedTransformerConfig
+
     common = dict(n_layers=3, d_model=32, d_head=8, n_heads=4, n_ctx=64, d_vocab=50, seed=0)
     if kind == "llama":
         cfg = dict(
@@ -75,6 +81,8 @@ def tiny_tokenizer():
 def make_tiny(kind: str = "llama", dtype=torch.float32, *, tokenizer: bool = False,
               **overrides) -> HookedTransformer:
     """A tiny random model; with ``tokenizer=True`` it gets the tiny BPE tokenizer."""
+    from transformer_lens import HookedTransformer
+
     torch.manual_seed(0)
     tok = tiny_tokenizer() if tokenizer else None
     if tok is not None:

@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent / "fvlens"
 LEVELS = {
     # 0: data and small utilities that need nothing from fvlens
     "fvlens.tasks": 0, "fvlens._taskgen": 0, "fvlens._lazy": 0, "fvlens.provenance": 0, "fvlens.tables": 0,
-    "fvlens.batch": 0, "fvlens.importers": 0,
+    "fvlens.batch": 0, "fvlens.importers": 0, "fvlens.modeltype": 0,
     # 1: prompts
     "fvlens.prompts": 1,
     # 2: models and hooks
-    "fvlens.models": 2, "fvlens.hooks": 2,
+    "fvlens.models": 2, "fvlens.hooks": 2, "fvlens.backend": 2,
     # 3: the forward core
     "fvlens.forward": 3,
     # 4: what is computed from activations: heads, AttnLRP, vectors, generation

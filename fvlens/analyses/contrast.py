@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
 from fvlens.heads.gradient import last_token_pass
+from fvlens.modeltype import Model
 from fvlens.prompts import corrupted as corrupted_of
 from fvlens.prompts import icl_prompts
 from fvlens.tasks import Pair, Task
@@ -28,7 +28,7 @@ __all__ = ["BASELINES", "Contrast", "paired_icl_prompts", "contrast_pass"]
 BASELINES = ("shuffled", "zero_shot")
 
 
-def paired_icl_prompts(model: HookedTransformer, queries: Sequence[Pair],
+def paired_icl_prompts(model: Model, queries: Sequence[Pair],
                        demonstrations: Task | Sequence[Pair], *, shots: int = 10, seed: int = 0
                        ) -> tuple[PromptBatch, PromptBatch]:
     """Clean ICL prompts and their corrupted twins (same query and demonstrations per row,
@@ -89,7 +89,7 @@ class Contrast:
         return self.clean_resid - self.zero_shot_resid
 
 
-def contrast_pass(model: HookedTransformer, clean: PromptBatch, corrupted: PromptBatch, *,
+def contrast_pass(model: Model, clean: PromptBatch, corrupted: PromptBatch, *,
                   zero_shot: PromptBatch | None = None, batch_size: int = 8) -> Contrast:
     """Residuals of paired prompts; on the corrupted ones also z and ∂P(target)/∂z.
 

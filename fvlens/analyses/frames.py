@@ -27,9 +27,9 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from transformer_lens import HookedTransformer
 
 from fvlens.evaluation import Evaluation, evaluate
+from fvlens.modeltype import Model
 from fvlens.prompts import PromptBatch, instruction_prompts, tokenize, zero_shot_prompts
 from fvlens.tasks import Pair, Task, load_task
 
@@ -87,7 +87,7 @@ def _accuracy(ev: Evaluation, top: int) -> tuple[float, float]:
     return ev.top(top), float(ev.target_probs.mean())
 
 
-def instruction_samples(model: HookedTransformer, task: Task, instruction: int,
+def instruction_samples(model: Model, task: Task, instruction: int,
                         queries: Sequence[Pair], *, criterion: str = "top1") -> PromptBatch:
     """Instruction prompts of ``queries`` the model answers under ``criterion``.
 
@@ -108,7 +108,7 @@ def instruction_samples(model: HookedTransformer, task: Task, instruction: int,
     return batch.select(keep)
 
 
-def instruction_token_positions(model: HookedTransformer, batch: PromptBatch, text: str
+def instruction_token_positions(model: Model, batch: PromptBatch, text: str
                                 ) -> list[list[int]]:
     """Per row, the positions (padded coordinates) of the tokens of the instruction ``text``.
 
@@ -128,7 +128,7 @@ def instruction_token_positions(model: HookedTransformer, batch: PromptBatch, te
     return out
 
 
-def token_relevance(model: HookedTransformer, batch: PromptBatch,
+def token_relevance(model: Model, batch: PromptBatch,
                     positions: Sequence[Sequence[int]], *, batch_size: int = 4
                     ) -> torch.Tensor:
     """AttnLRP input relevance of each instruction token, summed over the rows.
@@ -230,7 +230,7 @@ class FrameSearch:
                                            "overlap": self.overlap()}
 
 
-def search_frame(model: HookedTransformer, samples: PromptBatch, instruction_text: str,
+def search_frame(model: Model, samples: PromptBatch, instruction_text: str,
                  cfg: FrameConfig = FrameConfig()) -> FrameSearch:
     """Greedy search for the smallest token set whose removal drops accuracy the most.
 
@@ -272,7 +272,7 @@ def search_frame(model: HookedTransformer, samples: PromptBatch, instruction_tex
                        annotated=tuple(annotated), n_samples=len(samples))
 
 
-def _fv_accuracy(model: HookedTransformer, samples: PromptBatch, frame_batch: PromptBatch,
+def _fv_accuracy(model: Model, samples: PromptBatch, frame_batch: PromptBatch,
                  task: Task, val: PromptBatch, test: PromptBatch, k: int) -> dict[str, Any]:
     """AttnLRP heads read at the batch's frame → FV (mean over the samples) → zero-shot."""
     from fvlens.activations import mean_head_activations
@@ -291,7 +291,7 @@ def _fv_accuracy(model: HookedTransformer, samples: PromptBatch, frame_batch: Pr
             "test_top1": ev.top1, "test_top3": ev.top3, "scores": scores}
 
 
-def compare_frames(model: HookedTransformer, task: str | Task, instruction: int = 0,
+def compare_frames(model: Model, task: str | Task, instruction: int = 0,
                    cfg: FrameConfig = FrameConfig(), *, heads: bool = True) -> dict[str, Any]:
     """Search the automatic frame of one instruction and compare it with the annotated one.
 
@@ -339,7 +339,7 @@ def compare_frames(model: HookedTransformer, task: str | Task, instruction: int 
     return out
 
 
-def following_survey(model: HookedTransformer, tasks: Sequence[str | Task], *, n: int = 24,
+def following_survey(model: Model, tasks: Sequence[str | Task], *, n: int = 24,
                      seed: int = 0) -> dict[str, list[dict[str, float]]]:
     """Instruction top-1 / top-5 per task and instruction (which instructions the model
     follows), on ``n`` train queries each."""

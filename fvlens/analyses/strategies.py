@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.analyses.contrast import BASELINES, Contrast, contrast_pass, paired_icl_prompts
 from fvlens.analyses.depth import TaskVector
@@ -39,6 +38,7 @@ from fvlens.heads.gradient import attribution_scores
 from fvlens.heads.scores import HeadScores
 from fvlens.injection import (DEFAULT_SCALES, best_layer, best_layer_and_scale, layer_sweep,
                               residual_cache, scale_sweep, steered_evaluation)
+from fvlens.modeltype import Model
 from fvlens.plan import RunConfig, prepare_task, score_task
 from fvlens.prompts import icl_prompts, zero_shot_prompts
 from fvlens.steering import FunctionVector
@@ -162,7 +162,7 @@ def gradient_scores(contrast: Contrast, mean_z: Float[Tensor, "n_layers n_heads 
     return attribution_scores(contrast.z_corrupted, contrast.grad_z, mean_z, task=task)
 
 
-def build_strategies(model: HookedTransformer, *, contrast: Contrast,
+def build_strategies(model: Model, *, contrast: Contrast,
                      mean_z: Float[Tensor, "n_layers n_heads d_head"] | None = None,
                      head_scores: dict[str, HeadScores], strategies: Sequence[str],
                      k: int = 20) -> dict[str, TaskVector]:
@@ -225,7 +225,7 @@ def _spearman(a: HeadScores, b: HeadScores) -> float:
     return float(spearmanr(a.scores.flatten().numpy(), b.scores.flatten().numpy()).statistic)
 
 
-def run_strategies(model: HookedTransformer, task: str | Task,
+def run_strategies(model: Model, task: str | Task,
                    cfg: StrategyConfig = StrategyConfig(), *, progress: bool = False
                    ) -> tuple[dict[str, Any], dict[str, TaskVector]]:
     """Build every strategy's vector for one task and measure it.
@@ -313,7 +313,7 @@ def run_strategies(model: HookedTransformer, task: str | Task,
     return rec, vectors
 
 
-def extract_vector(model: HookedTransformer, task: str | Task, strategy: str = "mean_diff", *,
+def extract_vector(model: Model, task: str | Task, strategy: str = "mean_diff", *,
                    n_pairs: int = 16, n_val: int = 15, shots: int = 10, k: int = 20,
                    seed: int = 0, test_fraction: float = 0.3
                    ) -> tuple[TaskVector, int, dict[int, float]]:

@@ -18,9 +18,9 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from transformer_lens import HookedTransformer
 
 from fvlens.evaluation import evaluate
+from fvlens.modeltype import Model
 from fvlens.prompts import target_ids, zero_shot_prompts
 from fvlens.steering import FunctionVector
 from fvlens.tasks import Pair, Task
@@ -98,7 +98,7 @@ class TransferResult:
         return dataclasses.asdict(self)
 
 
-def transfer_matrix(model: HookedTransformer, vectors: Mapping[str, FunctionVector],
+def transfer_matrix(model: Model, vectors: Mapping[str, FunctionVector],
                     tasks: Mapping[str, Task], *, n_test: int = 20, seed: int = 0,
                     scale: float = 1.0,
                     queries: Mapping[str, Sequence[Pair]] | None = None) -> TransferResult:

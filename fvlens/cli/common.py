@@ -65,8 +65,8 @@ def output_dir(path: str | Path) -> Path:
 
 
 def add_model_args(s: argparse.ArgumentParser) -> None:
-    """``--model``, ``--device``, ``--dtype`` and ``--n-devices`` (every model-loading
-    subcommand has them)."""
+    """``--model``, ``--device``, ``--dtype``, ``--n-devices`` and ``--backend`` (every
+    model-loading subcommand has them)."""
     s.add_argument("--model", default="smollm2-135m",
                    help="embedded name, .gguf file, local Hugging Face folder or "
                         "TransformerLens model name (default: %(default)s)")
@@ -77,6 +77,9 @@ def add_model_args(s: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     s.add_argument("--n-devices", type=positive_int, default=1,
                    help="spread the blocks over this many GPUs (TransformerLens n_devices)")
+    s.add_argument("--backend", default=None, choices=("hooked", "bridge"),
+                   help="HookedTransformer (transformer-lens 3.x) or TransformerBridge "
+                        "(default: hooked where TransformerLens has it, else bridge)")
 
 
 def load_from_args(args: argparse.Namespace):
@@ -88,4 +91,6 @@ def load_from_args(args: argparse.Namespace):
     kwargs = {"device": args.device, "dtype": getattr(torch, args.dtype)}
     if args.n_devices != 1:
         kwargs["n_devices"] = args.n_devices
+    if getattr(args, "backend", None) is not None:
+        kwargs["backend"] = args.backend
     return load_model(args.model, **kwargs)

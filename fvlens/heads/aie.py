@@ -26,14 +26,16 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.HookedTransformer import apply_softcap
+from transformer_lens.utilities.activation_functions import apply_softcap
 
+from fvlens.backend import cfg_get, is_bridge
 from fvlens.forward import final_logits, forward_last
+from fvlens.heads.aie_bridge import indirect_effects_bridge
 from fvlens.hooks import HookList, hook_name
 from fvlens.batch import PromptBatch
+from fvlens.modeltype import Model
 
 __all__ = ["patch_head_hooks", "indirect_effects_reference", "indirect_effects_fast",
            "indirect_effects"]
@@ -56,7 +58,7 @@ def _target_probs(logits: Tensor, targets: Tensor) -> Tensor:
 
 @torch.no_grad()
 def indirect_effects_reference(
-    model: HookedTransformer, corrupted: PromptBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"],
+    model: Model, corrupted: PromptBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"],
     *, batch_size: int = 16, progress: bool = True,
 ) -> Float[Tensor, "batch n_layers n_heads"]:
     """CIE of every head on every corrupted prompt, one patched forward per head (reference).
@@ -90,7 +92,7 @@ def indirect_effects_reference(
 
 @torch.no_grad()
 def indirect_effects_fast(
-    model: HookedTransformer, corrupted: PromptBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"],
+    model: Model, corrupted: PromptBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"],
     *, batch_size: int = 16, progress: bool = True,
 ) -> Float[Tensor, "batch n_layers n_heads"]:
     """The same CIEs as ``indirect_effects_reference``, computing only the last token.
@@ -105,6 +107,8 @@ def indirect_effects_fast(
     parallel attention+MLP and GQA. Architectures whose blocks this path does not reproduce
     (see ``_shared_prefix_supported``) use TransformerLens's own blocks and key/value cache
     instead (each prompt's keys and values shared by its head rows), slower but equally exact.
+    On a ``TransformerBridge`` the rows run Hugging Face's own blocks from the head's layer up,
+    attending to its key/value cache (``fvlens.heads.aie_bridge``).
 
     Args:
         model: the model.
@@ -115,6 +119,9 @@ def indirect_effects_fast(
     Returns:
         ``[batch, n_layers, n_heads]`` indirect effects on the target's probability.
     """
+    if is_bridge(model):  # the same last-token computation through Hugging Face's cache
+        return indirect_effects_bridge(model, corrupted, mean_z, batch_size=batch_size,
+                                       progress=progress)
     if _shared_prefix_supported(model) is None:
         return _indirect_effects_shared_prefix(model, corrupted, mean_z, batch_size=batch_size,
                                                progress=progress)
@@ -211,11 +218,13 @@ def _rows_sharing_prefix(cache: TransformerLensKeyValueCache, n_rows: int
                                         frozen=True)
 
 
-def _shared_prefix_supported(model: HookedTransformer) -> str | None:
+def _shared_prefix_supported(model: Model) -> str | None:
     """None when ``_indirect_effects_shared_prefix`` reproduces this model's blocks exactly,
     else the reason it does not."""
-    from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+    if is_bridge(model):
+        return "TransformerBridge (its blocks have no apply_mlp / calculate_qkv_matrices)"
     cfg = model.cfg
     rotary = cfg.positional_embedding_type == "rotary"
     checks = {
@@ -225,9 +234,9 @@ def _shared_prefix_supported(model: HookedTransformer) -> str | None:
         "q/k norm without rotary embeddings": rotary or not cfg.use_qk_norm,
         "attention-only": not cfg.attn_only,
         "split qkv input": not (cfg.use_split_qkv_input or cfg.use_attn_in),
-        "attention sinks": not cfg.use_attention_sinks,
-        "log-n attention": not cfg.use_logn_attn,
-        "qkv clipping": cfg.clip_qkv is None,
+        "attention sinks": not cfg_get(model, "use_attention_sinks"),
+        "log-n attention": not cfg_get(model, "use_logn_attn"),
+        "qkv clipping": cfg_get(model, "clip_qkv") is None,
         "4-bit weights": not cfg.load_in_4bit,
         "attention result hook": not cfg.use_attn_result,
         "causal attention": cfg.attention_dir == "causal",
@@ -303,7 +312,7 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
 UNEMBED_ROWS = 256
 
 
-def _attention_output(model: HookedTransformer, layer: int, z: Tensor) -> Tensor:
+def _attention_output(model: Model, layer: int, z: Tensor) -> Tensor:
     """``z`` ``[..., n_heads * d_head]`` through W_O, b_O (as TransformerLens computes it)
     and, where the block has one, the post-attention norm: what ``hook_attn_out`` sees."""
     attn = model.blocks[layer].attn
@@ -314,7 +323,7 @@ def _attention_output(model: HookedTransformer, layer: int, z: Tensor) -> Tensor
     return out
 
 
-def _residual_after(model: HookedTransformer, layer: int, resid_pre: Tensor, attn_out: Tensor,
+def _residual_after(model: Model, layer: int, resid_pre: Tensor, attn_out: Tensor,
                     mlp_out: Tensor | None = None) -> Tensor:
     """The block's ``hook_resid_post`` from its input and attention output, in
     TransformerLens's order of additions; a parallel block may pass its (unchanged)
@@ -328,7 +337,7 @@ def _residual_after(model: HookedTransformer, layer: int, resid_pre: Tensor, att
     return mid + block.apply_mlp(block.ln2(mid))
 
 
-def _last_token_block(model: HookedTransformer, layer: int, x: Tensor, rec: dict[str, Tensor],
+def _last_token_block(model: Model, layer: int, x: Tensor, rec: dict[str, Tensor],
                       rows_mask: Tensor, *, n_rows: int) -> Tensor:
     """Block ``layer`` for the last token only, ``n_rows`` rows per prompt, attending to the
     prompt's recorded keys and values (shared by its rows, never copied per row)."""
@@ -364,7 +373,7 @@ def _last_token_block(model: HookedTransformer, layer: int, x: Tensor, rec: dict
 
 
 def indirect_effects(
-    model: HookedTransformer, corrupted: PromptBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"],
+    model: Model, corrupted: PromptBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"],
     *, method: str = "fast", batch_size: int | None = None, progress: bool = True,
 ) -> Float[Tensor, "batch n_layers n_heads"]:
     """CIE of every head on every corrupted prompt; ``method`` is "fast" or "reference"."""

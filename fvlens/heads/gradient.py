@@ -17,12 +17,13 @@ import dataclasses
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from fvlens.backend import pass_on
 from fvlens.batch import PromptBatch
 from fvlens.forward import final_logits, run_to
 from fvlens.heads.scores import HeadScores
 from fvlens.hooks import frozen_parameters, hook_name
+from fvlens.modeltype import Model
 
 __all__ = ["LastToken", "last_token_pass", "attribution_scores", "gradient_head_scores"]
 
@@ -55,7 +56,7 @@ class LastToken:
                          correct=torch.cat([p.correct for p in parts]))
 
 
-def last_token_pass(model: HookedTransformer, batch: PromptBatch, *, grad: bool,
+def last_token_pass(model: Model, batch: PromptBatch, *, grad: bool,
                     batch_size: int = 8) -> LastToken:
     """One pass per chunk recording resid_post and z of every layer at the last token, and
     with ``grad`` the gradient of P(target) with respect to z (rows are independent, so one
@@ -75,8 +76,9 @@ def last_token_pass(model: HookedTransformer, batch: PromptBatch, *, grad: bool,
         def grab_resid(x: Tensor, hook) -> None:
             resid[hook.layer()] = x[:, -1].detach().float().cpu()
 
-        def grab_z(z: Tensor, hook) -> None:
+        def grab_z(z: Tensor, hook) -> Tensor | None:
             zs[hook.layer()] = z
+            return pass_on(z, hook)  # a bridge's hook_z is a view: keep it on the path
 
         hooks = [(hook_name("resid_post", layer), grab_resid) for layer in range(n_layers)]
         hooks += [(hook_name("z", layer), grab_z) for layer in range(n_layers)]
@@ -113,7 +115,7 @@ def attribution_scores(z: Float[Tensor, "batch n_layers n_heads d_head"],
                       meta={"estimate": "attribution patching, dP(target)/dz"})
 
 
-def gradient_head_scores(model: HookedTransformer, corrupted: PromptBatch,
+def gradient_head_scores(model: Model, corrupted: PromptBatch,
                          mean_z: Float[Tensor, "n_layers n_heads d_head"], *,
                          task: str = "task") -> HeadScores:
     """Attribution-patching scores of every head on ``corrupted`` prompts (one pass each)."""

@@ -18,11 +18,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from fvlens.activations import mean_head_activations
 from fvlens.heads.aie import indirect_effects
 from fvlens.heads.scores import HeadScores
+from fvlens.modeltype import Model
 from fvlens.prompts import PromptBatch
 
 __all__ = ["score_heads", "METHODS", "attnlrp_head_relevance"]
@@ -36,7 +36,7 @@ def _mode(batch: PromptBatch) -> str:
 
 
 def score_heads(
-    model: HookedTransformer, clean: PromptBatch, *, method: str = "aie",
+    model: Model, clean: PromptBatch, *, method: str = "aie",
     corrupted: PromptBatch | None = None,
     mean_z: Float[Tensor, "n_layers n_heads d_head"] | None = None, task: str = "",
     frame: str = "answers", aie_impl: str = "fast", batch_size: int | None = None,
@@ -87,7 +87,7 @@ def score_heads(
 
 
 def attnlrp_head_relevance(
-    model: HookedTransformer, clean: PromptBatch, *, frame: str = "answers", batch_size: int = 4,
+    model: Model, clean: PromptBatch, *, frame: str = "answers", batch_size: int = 4,
     progress: bool = True,
 ) -> Float[Tensor, "samples n_layers n_heads"]:
     """ρ_h of every head for each clean prompt whose target is in the model's top 5.

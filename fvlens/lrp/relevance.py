@@ -14,16 +14,17 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from fvlens.backend import input_hook_names, pass_on
 from fvlens.forward import final_logits, ranks_of, run_to
 from fvlens.hooks import HookList, check_hook_names, frozen_parameters
 from fvlens.lrp.rules import attnlrp_hooks
+from fvlens.modeltype import Model
 
 __all__ = ["BatchRelevance", "Relevance", "explain", "explain_batch", "relevance_at"]
 
-INPUT_HOOKS = ("hook_embed", "hook_pos_embed")
+INPUT_HOOKS = ("hook_embed", "hook_pos_embed")  # those the model has: backend.input_hook_names
 
 
 def _leaf_hook(x: Tensor, hook: HookPoint) -> Tensor:
@@ -46,7 +47,7 @@ class _Traced:
 
 
 def _forward_backward(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     hook_names: Sequence[str],
@@ -74,20 +75,27 @@ def _forward_backward(
         raise ValueError(f"last_only names {sorted(unknown)} are not among hook_names")
     acts: dict[str, Tensor] = {}
 
-    def read(x: Tensor, hook: HookPoint) -> Tensor | None:
-        if hook.name not in last_only:
-            acts[hook.name] = x
-            return None
-        dim = _position_dim(hook.name)
-        n = x.shape[dim]
-        last = x.narrow(dim, n - 1, 1).clone()
-        acts[hook.name] = last
-        return torch.cat([x.narrow(dim, 0, n - 1), last], dim=dim)
+    def read(name: str):  # filed under the name asked for (a bridge's hook.name differs)
+        def fn(x: Tensor, hook: HookPoint) -> Tensor | None:
+            if name not in last_only:
+                acts[name] = x
+                return pass_on(x, hook)  # on the gradient path on both backends
+            dim = _position_dim(name)
+            n = x.shape[dim]
+            last = x.narrow(dim, n - 1, 1).clone()
+            acts[name] = last
+            return torch.cat([x.narrow(dim, 0, n - 1), last], dim=dim)
 
-    leaves = [(n, _leaf_hook) for n in INPUT_HOOKS if n in model.hook_dict]
-    readers = [(n, read) for n in hook_names]
+        return fn
+
+    leaves = [(n, _leaf_hook) for n in input_hook_names(model)]
+    readers = [(n, read(n)) for n in hook_names]
     check_hook_names(model, readers)
-    fwd = leaves + (attnlrp_hooks(model) if rules else []) + list(extra_hooks) + readers
+    rule_hooks = attnlrp_hooks(model) if rules else []
+    # A bridge's norm rule records each norm's input: after every edit of it.
+    late = [h for h in rule_hooks if getattr(h[1], "records_input", False)]
+    rule_hooks = [h for h in rule_hooks if not getattr(h[1], "records_input", False)]
+    fwd = leaves + rule_hooks + list(extra_hooks) + readers + late
     device = model.cfg.device
     tokens = tokens.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
@@ -115,7 +123,7 @@ def _forward_backward(
 
 
 def _trace(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     hook_names: Sequence[str],
@@ -136,7 +144,7 @@ def _times(act: Tensor, grad: Tensor) -> Tensor:
 
 
 def relevance_at(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     hook_names: Sequence[str],
@@ -212,7 +220,7 @@ class BatchRelevance:
 
 
 def explain_batch(
-    model: HookedTransformer,
+    model: Model,
     tokens: Int[Tensor, "batch pos"],
     targets: Int[Tensor, "batch"],
     *,
@@ -241,7 +249,7 @@ def explain_batch(
                          f"the same shape), got {tuple(tokens.shape)}; for one prompt use "
                          "explain")
     n = model.cfg.n_layers
-    inputs = [h for h in INPUT_HOOKS if h in model.hook_dict]
+    inputs = input_hook_names(model)
     patterns = [f"blocks.{i}.attn.hook_pattern" for i in range(n)]
     zs = [f"blocks.{i}.attn.hook_z" for i in range(n)]
     t = _forward_backward(model, tokens, targets, inputs + patterns + zs, attention_mask, [],
@@ -264,7 +272,7 @@ def explain_batch(
     )
 
 
-def _target_id(model: HookedTransformer, target: str | int) -> int:
+def _target_id(model: Model, target: str | int) -> int:
     vocab = model.cfg.d_vocab_out
     if isinstance(target, int) and not isinstance(target, bool):
         if not 0 <= target < vocab:
@@ -285,7 +293,7 @@ def _target_id(model: HookedTransformer, target: str | int) -> int:
     return int(ids[0])
 
 
-def _prompt_tokens(model: HookedTransformer, prompt: str | Tensor,
+def _prompt_tokens(model: Model, prompt: str | Tensor,
                    prepend_bos: bool | None) -> Tensor:
     """One prompt as ``[1, pos]`` token ids, from text, ``[pos]`` or ``[1, pos]``."""
     if isinstance(prompt, str):
@@ -308,7 +316,7 @@ def _prompt_tokens(model: HookedTransformer, prompt: str | Tensor,
 
 
 def explain(
-    model: HookedTransformer,
+    model: Model,
     prompt: str | Int[Tensor, "*prompt"],
     target: str | int,
     *,

@@ -9,20 +9,25 @@ Norms inside the attention (Qwen3/Gemma 3 ``attn.q_norm``/``attn.k_norm``) and a
 sublayers (Gemma 2/3 ``ln1_post``/``ln2_post``) are norms like any other: their
 ``hook_scale`` is detached. Gemma 2's tanh soft-caps are element-wise nonlinearities: identity
 rule, at the attention scores and at the output logits.
+
+On a ``TransformerBridge`` an edited ``hook_scale`` moves the forward pass off Hugging Face's
+own norm, so there the norm rule reads the norm's input and output instead
+(``norm_surrogate``): the same gradient, the forward untouched.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
+from fvlens.backend import cfg_get, hook_names, hook_point, is_bridge
 from fvlens.hooks import HookList, check_hook_names
+from fvlens.modeltype import Model
 
 __all__ = ["attnlrp_hooks", "gated_product_rule", "identity_rule", "norm_rule",
-           "softcap_input_rule", "uniform_rule"]
+           "norm_surrogate", "softcap_input_rule", "uniform_rule"]
 
 class _ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by ``factor`` in the backward."""
@@ -35,6 +40,24 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return grad * ctx.factor, None
+
+
+class _ScoresGrad(torch.autograd.Function):
+    """``_ScaleGrad`` for attention scores: masked (-inf) scores take no gradient. A fully
+    masked query row (a left-padding position) then passes no NaN from the softmax above it
+    (TransformerLens 3.9's bridge softmaxes such rows to NaN; elsewhere this changes nothing:
+    a masked score's gradient is 0)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:  # type: ignore[override]
+        ctx.factor = factor
+        ctx.save_for_backward(torch.isinf(x))
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (masked,) = ctx.saved_tensors
+        return torch.where(masked, torch.zeros_like(grad), grad * ctx.factor), None
 
 
 def _value_with_grad_of(value: Tensor, surrogate: Tensor) -> Tensor:
@@ -131,6 +154,21 @@ def norm_rule(scale: Tensor) -> Tensor:
     return scale.detach()
 
 
+def norm_surrogate(x: Tensor, y: Tensor, *, centered: bool, bias: Tensor | None = None
+                   ) -> Tensor:
+    """The norm rule (AttnLRP Prop. 3.4) from a norm's input ``x`` and output ``y`` alone.
+
+    Returns ``y`` bit-exact; the gradient flows through ``xc * ((y - b) / xc)`` with the ratio
+    held constant (``xc`` = ``x`` centred for LayerNorm, ``x`` for RMSNorm), which is the
+    gradient of the norm with its scale detached: ``centering · w / scale``. The ratio is
+    measured, not rebuilt, so pre-, post- and q/k-norms and Gemma's ``1 + w`` gains need no
+    case of their own.
+    """
+    xc = x - x.mean(-1, keepdim=True) if centered else x
+    yb = y if bias is None else y - bias
+    return _value_with_grad_of(y, xc * _ratio(yb, xc))
+
+
 # ----------------------------------------------------------------------------------------
 # Hook factories.
 # ----------------------------------------------------------------------------------------
@@ -144,7 +182,48 @@ def _uniform_hook(x: Tensor, hook: HookPoint) -> Tensor:
     return uniform_rule(x)
 
 
-def _mlp_hooks(model: HookedTransformer, layer: int) -> HookList:
+def _uniform_scores_hook(scores: Tensor, hook: HookPoint) -> Tensor:
+    return _ScoresGrad.apply(scores, 0.5)  # uniform rule (Prop. 3.3) on Q·Kᵀ
+
+
+def _norm_rule_hooks(model: Model) -> tuple[HookList, HookList]:
+    """The norm rule of every norm (every ``*.hook_scale``): (hooks at the norms' outputs,
+    hooks recording their inputs). HookedTransformer: ``hook_scale`` detached. Bridge:
+    ``norm_surrogate`` at ``P.hook_out`` from the input recorded at ``P.hook_in``."""
+    scales = [n for n in hook_names(model) if n.endswith(".hook_scale")]
+    if not is_bridge(model):
+        return [(n, _norm_hook) for n in scales], []
+    outputs: HookList = []
+    inputs: HookList = []
+    seen: set[int] = set()
+    rms = str(model.cfg.normalization_type or "").startswith("RMS")
+    for name in scales:
+        if id(hook_point(model, name)) in seen:
+            continue
+        seen.add(id(hook_point(model, name)))
+        prefix = name.removesuffix(".hook_scale")
+        module = model.get_submodule(prefix)
+        centered = not getattr(module, "uses_rms_norm", rms)
+        store: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, hook: HookPoint, _store=store) -> None:
+            _store["x"] = x
+
+        keep.records_input = True  # type: ignore[attr-defined]  # see lrp.relevance._trace
+
+        def rule(y: Tensor, hook: HookPoint, _store=store, _module=module,
+                 _centered=centered) -> Tensor:
+            component = getattr(_module, "original_component", None) or _module
+            bias = getattr(component, "bias", None) if _centered else None
+            return norm_surrogate(_store.pop("x"), y, centered=_centered,
+                                  bias=bias if isinstance(bias, Tensor) else None)
+
+        inputs.append((f"{prefix}.hook_in", keep))
+        outputs.append((f"{prefix}.hook_out", rule))
+    return outputs, inputs
+
+
+def _mlp_hooks(model: Model, layer: int) -> HookList:
     """The MLP rules of one block: cache ``hook_pre`` (and ``hook_pre_linear``), then replace
     ``hook_post`` by its value-equal surrogate."""
     mlp = model.blocks[layer].mlp
@@ -171,7 +250,7 @@ def _mlp_hooks(model: HookedTransformer, layer: int) -> HookList:
     return hooks + [(f"{name}.hook_post", post_hook)]
 
 
-def _softcap_scores_hooks(model: HookedTransformer, layer: int) -> HookList:
+def _softcap_scores_hooks(model: Model, layer: int) -> HookList:
     """Soft-capped scores ``s = cap * tanh(q·kᵀ / scale)`` (Gemma 2): the uniform rule on the
     product (Prop. 3.3), then the identity rule (Eq. 9) on the cap.
 
@@ -205,7 +284,7 @@ def _softcap_scores_hooks(model: HookedTransformer, layer: int) -> HookList:
             (f"{name}.hook_attn_scores", scores_hook)]
 
 
-def _output_softcap_hook(model: HookedTransformer):
+def _output_softcap_hook(model: Model):
     cap = model.cfg.output_logits_soft_cap
 
     def fn(logits: Tensor, hook: HookPoint) -> Tensor:
@@ -214,17 +293,20 @@ def _output_softcap_hook(model: HookedTransformer):
     return fn
 
 
-def _check_supported(model: HookedTransformer) -> None:
+def _check_supported(model: Model) -> None:
     cfg = model.cfg
     problems = []
     if softcap_enabled(cfg.attn_scores_soft_cap) and cfg.positional_embedding_type != "rotary":
         problems.append("soft-capped attention without rotary embeddings (the rule recomputes "
                         "the pre-cap scores from hook_rot_q/hook_rot_k)")
-    if softcap_enabled(cfg.attn_scores_soft_cap) and cfg.use_logn_attn:
+    if softcap_enabled(cfg.attn_scores_soft_cap) and cfg_get(model, "use_logn_attn"):
         problems.append("soft-capped attention with log-n query scaling")
-    if cfg.use_attention_sinks:
+    if softcap_enabled(cfg.attn_scores_soft_cap) and is_bridge(model):
+        problems.append("soft-capped attention scores on a TransformerBridge (Gemma 2; the "
+                        "rule needs HookedTransformer's attention: backend='hooked')")
+    if cfg_get(model, "use_attention_sinks"):
         problems.append("attention sinks (use_attention_sinks)")
-    if cfg.num_experts:
+    if cfg_get(model, "num_experts"):
         problems.append("mixture-of-experts MLPs (num_experts)")
     if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
         problems.append(f"LayerNorm-in-MLP activation act_fn={cfg.act_fn!r}")
@@ -237,11 +319,14 @@ def _check_supported(model: HookedTransformer) -> None:
         )
 
 
-def attnlrp_hooks(model: HookedTransformer) -> HookList:
+def attnlrp_hooks(model: Model) -> HookList:
     """The AttnLRP rules for ``model`` as a hook list (forward values unchanged).
 
     Norms: ``*.hook_scale`` detached (``ln1``, ``ln2``, ``ln_final``, and where the model has
-    them ``attn.q_norm``, ``attn.k_norm``, ``ln1_post``, ``ln2_post``). Attention: gradient
+    them ``attn.q_norm``, ``attn.k_norm``, ``ln1_post``, ``ln2_post``); on a bridge
+    ``norm_surrogate`` at each norm's ``hook_out``, from its input recorded at ``hook_in`` by
+    hooks at the end of the list (compose edits of a norm's input before them:
+    ``edits + attnlrp_hooks(model)``). Attention: gradient
     halved at ``attn.hook_attn_scores`` (Q·Kᵀ) and ``attn.hook_z`` (A·V); softmax untouched;
     a tanh soft-cap on the scores gets the identity rule (``_softcap_scores_hooks``). MLP:
     identity rule on the activation, and in gated MLPs the uniform rule on the gate product,
@@ -249,23 +334,24 @@ def attnlrp_hooks(model: HookedTransformer) -> HookList:
     relevance sums to the capped logit the model outputs.
 
     Args:
-        model: a HookedTransformer (parameters untouched).
+        model: a HookedTransformer or TransformerBridge (parameters untouched).
 
     Returns:
         A HookList to pass as ``model.hooks(fwd_hooks=...)``; the hooks hold per-forward state
         (gated MLP inputs), so use one list per model at a time.
     """
     _check_supported(model)
-    hooks: HookList = [(n, _norm_hook) for n in model.hook_dict if n.endswith("hook_scale")]
+    hooks, norm_inputs = _norm_rule_hooks(model)
     for layer in range(model.cfg.n_layers):
         if softcap_enabled(model.cfg.attn_scores_soft_cap):
             hooks += _softcap_scores_hooks(model, layer)
         else:
-            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_hook))
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_scores_hook))
         hooks.append((f"blocks.{layer}.attn.hook_z", _uniform_hook))
         if not model.cfg.attn_only:
             hooks += _mlp_hooks(model, layer)
     if softcap_enabled(model.cfg.output_logits_soft_cap):
         hooks.append(("unembed.hook_out", _output_softcap_hook(model)))
+    hooks += norm_inputs
     check_hook_names(model, hooks)
     return hooks

@@ -1,4 +1,5 @@
-"""Loading models as TransformerLens ``HookedTransformer``s, offline, with a weight cache.
+"""Loading models as TransformerLens ``HookedTransformer``s (or ``TransformerBridge``s,
+``load_model(backend="bridge")``), offline, with a weight cache.
 
 A *spec* names the model: an embedded name (``"smollm2-135m"``, the default;
 ``"qwen2.5-coder-0.5b"``; ``"gemma-3-270m"``: GGUF files shipped in PyPI packages), a path to
@@ -13,19 +14,21 @@ embedded files, ``download``), ``configs`` (HF config -> TL config, Gemma family
 (HF-formula rotary tables), ``build`` (a model from a state dict, no random init), ``cache``
 (the weight cache), ``identity`` (cheap file identity), ``atomic`` (temp paths, sweeping,
 permissions), ``gguf_check`` (truncated GGUF files), ``fingerprint``, ``loader``
-(``load_model``).
+(``load_model``), ``bridge`` (a ``TransformerBridge`` around the HF model, and its cache of
+dequantized GGUF weights).
 """
 
 from fvlens.models.build import transposed_layout
 from fvlens.models.convert import CONVERSION_VERSION
 from fvlens.models.embedded import download, embedded_gguf_path
 from fvlens.models.fingerprint import fingerprint, fingerprint_mismatch
-from fvlens.models.loader import DTYPES, load_model
+from fvlens.models.loader import BACKENDS, DTYPES, load_model
 from fvlens.models.processing import Processing
 from fvlens.models.paths import cache_dir
 from fvlens.models.specs import EMBEDDED_MODELS, EmbeddedModel, Part
 
 __all__ = [
+    "BACKENDS",
     "CONVERSION_VERSION",
     "DTYPES",
     "EMBEDDED_MODELS",

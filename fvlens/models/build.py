@@ -13,12 +13,16 @@ buffers (from one real block per attention type) and absent biases (zeros) or no
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import warnings
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.components import TransformerBlock
+
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither (fvlens.modeltype)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 __all__ = ["TRANSPOSED", "complete_state", "drop_folded_norms", "buffer_names",
            "share_equal_buffers", "build", "transposed_layout"]
@@ -28,6 +32,8 @@ TRANSPOSED = ("W_gate", "W_in", "W_out", "W_U")
 
 
 def _meta_model(cfg: HookedTransformerConfig) -> HookedTransformer:
+    from transformer_lens import HookedTransformer
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
@@ -66,6 +72,8 @@ def complete_state(cfg: HookedTransformerConfig,
             layer = int(parts[1])
             kind = _attn_type(cfg, layer)
             if kind not in reps:
+                from transformer_lens.components import TransformerBlock
+
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     block = TransformerBlock(cpu_cfg, layer)

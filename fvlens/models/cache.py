@@ -26,16 +26,19 @@ import shutil
 import struct
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformerConfig
 
 from fvlens.models import atomic
 from fvlens.models.build import TRANSPOSED, share_equal_buffers
 from fvlens.models.identity import FileIdentity, identify, verify
 from fvlens.models.specs import Source
 from fvlens.provenance import versions
+
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither (fvlens.modeltype)
+    from transformer_lens import HookedTransformerConfig
 
 __all__ = ["FORMAT", "Entry", "entry_path", "read_entry", "write_entry", "CacheError"]
 
@@ -83,6 +86,8 @@ def _cfg_from_json(d: dict[str, Any]) -> HookedTransformerConfig:
     d = dict(d)
     d["dtype"] = getattr(torch, d["dtype"])
     d["device"] = "cpu"
+    from transformer_lens import HookedTransformerConfig
+
     return HookedTransformerConfig.from_dict(d)
 
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformerConfig
+
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither (fvlens.modeltype)
+    from transformer_lens import HookedTransformerConfig
 
 __all__ = ["CONVERTIBLE", "GEMMA_ARCHITECTURES", "gemma_config", "tl_config"]
 
@@ -152,6 +155,8 @@ def tl_config(hf: dict[str, Any], *, name: str, fold_ln: bool, default_prepend_b
         d.update(model_name=name, init_weights=False, device="cpu", n_devices=1,
                  dtype=torch.float32, default_prepend_bos=default_prepend_bos,
                  tokenizer_name=None)
+        from transformer_lens import HookedTransformerConfig
+
         return HookedTransformerConfig.from_dict(d)
     from transformer_lens import loading_from_pretrained as loading
 

@@ -22,10 +22,9 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformerConfig
 
 from fvlens.models.build import complete_state, drop_folded_norms
 from fvlens.models.configs import architecture_of, tl_config, unsupported
@@ -33,7 +32,11 @@ from fvlens.models.processing import Processing, process
 from fvlens.models.rotary import use_hf_rotary
 from fvlens.models.specs import Source
 
-__all__ = ["CONVERSION_VERSION", "Converted", "convert_source", "tokenizer_adds_bos"]
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither (fvlens.modeltype)
+    from transformer_lens import HookedTransformerConfig
+
+__all__ = ["CONVERSION_VERSION", "Converted", "convert_source", "load_hf", "tokenizer_adds_bos"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def convert_source(source: Source, path: Path | None, processing: Processing) ->
     flags = dataclasses.asdict(processing)
     if source.kind == "hub":
         return _convert_hub(source.name, flags)
-    hf_model, tokenizer = _load_hf(source, path)
+    hf_model, tokenizer = load_hf(source, path)
     hf = _config_dict(hf_model)
     cfg = tl_config(hf, name=source.name, fold_ln=processing.fold_ln,
                     default_prepend_bos=tokenizer_adds_bos(tokenizer))
@@ -82,7 +85,7 @@ def convert_source(source: Source, path: Path | None, processing: Processing) ->
                      info={"architecture": architecture_of(hf)})
 
 
-def _load_hf(source: Source, path: Path):
+def load_hf(source: Source, path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.kind in ("embedded", "gguf"):

@@ -20,7 +20,8 @@ import math
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
+
+from fvlens.modeltype import Model
 
 __all__ = ["FINGERPRINT_VERSION", "fingerprint", "fingerprint_mismatch"]
 
@@ -34,8 +35,18 @@ _ULP = {"float32": (2.0 ** -23, 1e-45), "bfloat16": (2.0 ** -7, 1e-40),
         "float16": (2.0 ** -10, 2.0 ** -24), "float64": (2.0 ** -52, 1e-300)}
 
 
-def _slices(model: HookedTransformer) -> list[tuple[str, torch.Tensor]]:
-    params = dict(model.named_parameters())
+def _weight(model: Model, name: str) -> torch.Tensor | None:
+    """A weight by its TransformerLens path (attributes on both backends: a bridge's
+    parameters carry Hugging Face names, its ``W_*`` properties TL's layout)."""
+    obj = model
+    for part in name.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
+def _slices(model: Model) -> list[tuple[str, torch.Tensor]]:
     n = model.cfg.n_layers
     names = ["embed.W_E", "unembed.W_U"]
     for layer in sorted({0, n // 2, n - 1}):
@@ -43,7 +54,7 @@ def _slices(model: HookedTransformer) -> list[tuple[str, torch.Tensor]]:
                   f"blocks.{layer}.mlp.W_out"]
     out = []
     for name in names:
-        p = params.get(name)
+        p = _weight(model, name)
         if p is None:
             continue
         index = (0,) * (p.dim() - 2) + (slice(0, 4),) * min(p.dim(), 2)  # a 4x4 corner
@@ -56,7 +67,7 @@ def _slices(model: HookedTransformer) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def fingerprint(model: HookedTransformer) -> dict[str, Any]:
+def fingerprint(model: Model) -> dict[str, Any]:
     """The identity of a loaded model, for saved vectors and results.
 
     Returns:

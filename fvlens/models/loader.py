@@ -1,9 +1,11 @@
-"""``load_model``: a spec -> a ``HookedTransformer`` on a device, in a dtype, through the cache.
+"""``load_model``: a spec -> a ``HookedTransformer`` (or a ``TransformerBridge``) on a device,
+in a dtype, through the cache.
 
 The cold path converts the source (``fvlens.models.convert``) and writes the float32 result to
 the cache; the warm path reads it back (``fvlens.models.cache``). Both end in the same
 ``build``: the weights cast to the requested dtype and placed on the device (or split over
-``n_devices`` GPUs by TransformerLens's own placement), then the tokenizer.
+``n_devices`` GPUs by TransformerLens's own placement), then the tokenizer. ``backend="bridge"``
+boots a ``TransformerBridge`` around the Hugging Face model instead (``fvlens.models.bridge``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
 
 from fvlens.models.build import TRANSPOSED, buffer_names, build, share_equal_buffers
 from fvlens.models.cache import entry_path, load_tokenizer, read_entry, write_entry
@@ -26,12 +27,14 @@ from fvlens.models.gguf_check import check_gguf
 from fvlens.models.paths import cache_dir
 from fvlens.models.processing import Processing
 from fvlens.models.specs import Source, resolve
+from fvlens.modeltype import Model
 
-__all__ = ["load_model", "DTYPES"]
+__all__ = ["load_model", "DTYPES", "BACKENDS"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BACKENDS = ("hooked", "bridge")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
                   "float": "float32"}
 
@@ -79,8 +82,9 @@ def load_model(
     n_devices: int = 1,
     processing: Processing | None = None,
     use_cache: bool = True,
-) -> HookedTransformer:
-    """Load a model as a ``HookedTransformer`` in eval mode.
+    backend: str | None = None,
+) -> Model:
+    """Load a model as a ``HookedTransformer`` (or a ``TransformerBridge``) in eval mode.
 
     Args:
         spec: an embedded name (``"smollm2-135m"``, ``"qwen2.5-coder-0.5b"``,
@@ -93,6 +97,9 @@ def load_model(
         processing: weight-processing flags (see ``Processing``); recorded on the model as
             ``model.fvlens_meta["processing"]``.
         use_cache: read and write the converted-weight cache (``cache_dir()``).
+        backend: ``"hooked"`` (``HookedTransformer``, TransformerLens 3.x), ``"bridge"``
+            (``TransformerBridge`` around the Hugging Face model; ``n_devices`` 1), or None:
+            ``"hooked"`` where TransformerLens still has it, else ``"bridge"``.
 
     Returns:
         The model, with ``model.fvlens_meta`` describing its source, processing, dtype,
@@ -107,8 +114,16 @@ def load_model(
     processing = processing or Processing()
     dtype = _dtype(dtype)
     dev = _device(device, n_devices)
+    backend = _backend(backend)
     source = resolve(spec)
     flags = dataclasses.asdict(processing)
+    if backend == "bridge":
+        if n_devices != 1:
+            raise ValueError("backend='bridge' loads on one device; use n_devices=1")
+        from fvlens.models.bridge import load_bridge
+
+        return load_bridge(str(spec), source, _source_path(source), processing=flags,
+                           device=dev, dtype=dtype, cache_root=cache_dir() if use_cache else None)
     entry = entry_path(cache_dir(), source, flags, CONVERSION_VERSION)
     source_file = Path(source.path) if source.kind == "gguf" else None
     place = dev if n_devices == 1 else torch.device("cpu")
@@ -143,8 +158,25 @@ def load_model(
         "conversion_version": CONVERSION_VERSION,
         "cache_entry": str(entry) if use_cache and entry is not None else None,
         "from_cache": got is not None,
+        "backend": "hooked",
     }
     return model
+
+
+def _backend(backend: str | None) -> str:
+    """The backend to load with: ``backend``, or the default for this TransformerLens."""
+    from fvlens.backend import has_hooked_transformer, tl_version
+
+    if backend is None:
+        return "hooked" if has_hooked_transformer() else "bridge"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend == "hooked" and not has_hooked_transformer():
+        raise ValueError(
+            f"transformer-lens {tl_version()} removed HookedTransformer (4.0); use "
+            "backend='bridge' (TransformerBridge, the default there), or install the last "
+            "line that has it: pip install 'transformer-lens==3.9.*'")
+    return backend
 
 
 def _convert_and_cache(source: Source, processing: Processing, entry: Path | None,

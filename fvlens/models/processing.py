@@ -12,11 +12,16 @@ time. Post-norms and q/k norms (Gemma 2/3) are not folded, as in TL.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import warnings
 
 import torch
-from transformer_lens import HookedTransformerConfig
+
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither (fvlens.modeltype)
+    from transformer_lens import HookedTransformerConfig
 
 __all__ = ["Processing", "process", "fold_rms_in_place"]
 

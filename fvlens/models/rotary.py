@@ -20,8 +20,13 @@ NTK-by-parts, YaRN, dynamic NTK and GPT-J's adjacent pairs keep TransformerLens'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformer_lens import HookedTransformerConfig
+
+
+if TYPE_CHECKING:  # TransformerLens 4 has neither (fvlens.modeltype)
+    from transformer_lens import HookedTransformerConfig
 
 __all__ = ["hf_rotary_applies", "hf_rotary_tables", "use_hf_rotary"]
 

@@ -205,8 +205,11 @@ def resolve(spec: str | Path) -> Source:
             )
         return Source(kind="hf_dir", name=path.name, path=str(path.resolve()),
                       key=_dir_key(path))
-    from transformer_lens import loading_from_pretrained as loading
-
+    try:
+        from transformer_lens import loading_from_pretrained as loading
+    except ImportError:  # TransformerLens 4: the bridge loads any Hugging Face hub name
+        return Source(kind="hub", name=text, path=None,
+                      key=hashlib.sha256(text.encode()).hexdigest())
     try:
         official = loading.get_official_model_name(text)
     except ValueError:

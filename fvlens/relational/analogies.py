@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from fvlens.batch import pad_left
 from fvlens.forward import final_logits, run_to
+from fvlens.modeltype import Model
 from fvlens.prompts import DEFAULT_TEMPLATE, pad_token_id, tokenize
 from fvlens.relational.composite import (CompositeConfig, RelationBank, composite_hooks,
                                          fit_weights, single_vector_logprobs)
@@ -212,7 +212,7 @@ def builtin_items(*, per_relation: int = 8, seed: int = 0) -> list[AnalogyItem]:
 # --- scoring -------------------------------------------------------------------------------
 
 
-def _score_rows(model: HookedTransformer, prompts: Sequence[str], candidates: Sequence[str],
+def _score_rows(model: Model, prompts: Sequence[str], candidates: Sequence[str],
                 weights: Tensor | None, bank: RelationBank | None, batch_size: int
                 ) -> tuple[Tensor, Tensor]:
     """Per row: Σ log p(candidate tokens | prompt) and whether the candidate's first token is
@@ -242,7 +242,7 @@ def _score_rows(model: HookedTransformer, prompts: Sequence[str], candidates: Se
     return torch.tensor(scores), torch.tensor(top1)
 
 
-def score_items(model: HookedTransformer, items: Sequence[AnalogyItem], *,
+def score_items(model: Model, items: Sequence[AnalogyItem], *,
                 weights: Tensor | None = None, bank: RelationBank | None = None,
                 icl: bool = False, batch_size: int = 16) -> dict:
     """Multiple-choice and generative correctness of each item under one condition.
@@ -279,7 +279,7 @@ def score_items(model: HookedTransformer, items: Sequence[AnalogyItem], *,
     return {"mc": torch.tensor(mc), "generative": torch.tensor(gen)}
 
 
-def evaluate_analogies(model: HookedTransformer, items: Sequence[AnalogyItem],
+def evaluate_analogies(model: Model, items: Sequence[AnalogyItem],
                        bank: RelationBank, *, cfg: CompositeConfig = CompositeConfig(),
                        conditions: Sequence[str] = CONDITIONS, progress: bool = True) -> dict:
     """Accuracy of every condition, overall and split by whether the relation is in the bank.
@@ -359,7 +359,7 @@ def evaluate_analogies(model: HookedTransformer, items: Sequence[AnalogyItem],
 # --- the bank --------------------------------------------------------------------------------
 
 
-def build_bank(model: HookedTransformer, tasks: Sequence[str | Task], folder: str | Path,
+def build_bank(model: Model, tasks: Sequence[str | Task], folder: str | Path,
                cfg=None, *, progress: bool = True) -> RelationBank:
     """Fine-tune one FV per task and save the bank to ``folder/{task}.safetensors``.
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.hooks import HookList, frozen_parameters, hook_name
+from fvlens.modeltype import Model
 from fvlens.relational.finetune import grad_last_logits, load_vector, save_vector
 from fvlens.steering import FunctionVector
 from fvlens.tasks import Pair
@@ -165,7 +165,7 @@ def _weights(alpha: Tensor, log_scale: Tensor) -> Tensor:
     return alpha.softmax(-1) * log_scale.exp()[:, None]
 
 
-def fit_weights(model: HookedTransformer, bank: RelationBank, stems: Sequence[Pair],
+def fit_weights(model: Model, bank: RelationBank, stems: Sequence[Pair],
                 cfg: CompositeConfig = CompositeConfig(), *, batch_size: int = 32
                 ) -> Float[Tensor, "batch n_bank"]:
     """Fit one weight vector per stem ``A:B`` so the composite makes ``Q: A\\nA:`` answer B.
@@ -188,7 +188,7 @@ def fit_weights(model: HookedTransformer, bank: RelationBank, stems: Sequence[Pa
     return torch.cat(out)
 
 
-def single_vector_logprobs(model: HookedTransformer, bank: RelationBank, batch
+def single_vector_logprobs(model: Model, bank: RelationBank, batch
                            ) -> Float[Tensor, "batch n_bank"]:
     """log p(target) of each row under each bank vector alone (weight 1)."""
     cols = []

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.forward import final_logits
+from fvlens.modeltype import Model
 from fvlens.steering import DistributedFV, FunctionVector
 
 __all__ = ["DecodedToken", "decode", "vector_logits", "relation_word_ids",
@@ -40,7 +40,7 @@ def _residual(vector: Float[Tensor, " d_model"] | FunctionVector) -> Tensor:
 
 
 @torch.no_grad()
-def vector_logits(model: HookedTransformer, vector: Float[Tensor, " d_model"] | FunctionVector
+def vector_logits(model: Model, vector: Float[Tensor, " d_model"] | FunctionVector
                   ) -> Float[Tensor, " vocab"]:
     """Logits of ``unembed(ln_final(vector))``.
 
@@ -54,7 +54,7 @@ def vector_logits(model: HookedTransformer, vector: Float[Tensor, " d_model"] | 
     return final_logits(model, v).float().cpu()
 
 
-def decode(model: HookedTransformer, vector: Float[Tensor, " d_model"] | FunctionVector, *,
+def decode(model: Model, vector: Float[Tensor, " d_model"] | FunctionVector, *,
            k: int = 10) -> list[DecodedToken]:
     """The ``k`` most probable tokens of the vector's unembedding.
 
@@ -72,7 +72,7 @@ def decode(model: HookedTransformer, vector: Float[Tensor, " d_model"] | Functio
             for r, (p, i) in enumerate(zip(top.values, top.indices))]
 
 
-def relation_word_ids(model: HookedTransformer, words: Sequence[str]) -> dict[str, list[int]]:
+def relation_word_ids(model: Model, words: Sequence[str]) -> dict[str, list[int]]:
     """Per word, the first token of ``" " + word`` and of ``word`` (deduplicated)."""
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; relation words cannot be tokenized")
@@ -87,7 +87,7 @@ def relation_word_ids(model: HookedTransformer, words: Sequence[str]) -> dict[st
     return out
 
 
-def relation_word_rank(model: HookedTransformer,
+def relation_word_rank(model: Model,
                        vector: Float[Tensor, " d_model"] | FunctionVector,
                        words: Sequence[str]) -> dict:
     """How high the relation words rank in the vector's decoded distribution.
@@ -111,7 +111,7 @@ def relation_word_rank(model: HookedTransformer,
 
 
 @torch.no_grad()
-def head_contributions(model: HookedTransformer, dfv: DistributedFV
+def head_contributions(model: Model, dfv: DistributedFV
                        ) -> Float[Tensor, "n_selected d_model"]:
     """Each DFV head's residual-stream contribution ``means[i] @ W_O[L, h]``."""
     rows = [dfv.means[i].float().cpu() @ model.blocks[a].attn.W_O[b].detach().float().cpu()
@@ -119,13 +119,13 @@ def head_contributions(model: HookedTransformer, dfv: DistributedFV
     return torch.stack(rows) if rows else torch.zeros(0, model.cfg.d_model)
 
 
-def dfv_residual(model: HookedTransformer, dfv: DistributedFV, *, scale: float = 1.0
+def dfv_residual(model: Model, dfv: DistributedFV, *, scale: float = 1.0
                  ) -> Float[Tensor, " d_model"]:
     """The DFV summed into one residual vector (its FV equivalent, ignoring later layers)."""
     return scale * head_contributions(model, dfv).sum(0)
 
 
-def decode_heads(model: HookedTransformer, dfv: DistributedFV, *, k: int = 5,
+def decode_heads(model: Model, dfv: DistributedFV, *, k: int = 5,
                  words: Sequence[str] = ()) -> list[dict]:
     """Decode every head of a DFV: top tokens and, with ``words``, relation-word ranks.
 

@@ -21,10 +21,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from fvlens.evaluation import evaluate
 from fvlens.forward import forward_last
+from fvlens.modeltype import Model
 from fvlens.plan import extract_vectors
 from fvlens.hooks import HookList, frozen_parameters, hook_name
 from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
@@ -144,7 +144,7 @@ class FinetuneResult:
 # --- forward with gradients ----------------------------------------------------------------
 
 
-def grad_last_logits(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
+def grad_last_logits(model: Model, tokens: Int[Tensor, "batch pos"],
                      attention_mask: Int[Tensor, "batch pos"], fwd_hooks: HookList
                      ) -> Float[Tensor, "batch vocab"]:
     """Last-position logits with ``fwd_hooks`` applied and autograd on (unlike ``last_logits``).
@@ -159,7 +159,7 @@ def grad_last_logits(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
 
 
 @torch.no_grad()
-def residual_scale(model: HookedTransformer, batch: PromptBatch, *, layer: int | None = None,
+def residual_scale(model: Model, batch: PromptBatch, *, layer: int | None = None,
                    heads: Sequence[tuple[int, int]] = ()) -> float:
     """Per-coordinate RMS of the last-token activation a vector is added to.
 
@@ -186,7 +186,7 @@ def residual_scale(model: HookedTransformer, batch: PromptBatch, *, layer: int |
 # --- the training loop ---------------------------------------------------------------------
 
 
-def _param_fingerprint(model: HookedTransformer) -> float:
+def _param_fingerprint(model: Model) -> float:
     with torch.no_grad():
         return float(sum(p.double().abs().sum() for p in model.parameters()))
 
@@ -207,7 +207,7 @@ def split_pairs(task: Task, cfg: FinetuneConfig) -> tuple[list[Pair], list[Pair]
     return pool[:cfg.pairs], pool[cfg.pairs:cfg.pairs + n_val], test_q
 
 
-def _initial(model: HookedTransformer, cfg: FinetuneConfig, reference: Vector | None,
+def _initial(model: Model, cfg: FinetuneConfig, reference: Vector | None,
              layer: int | None, scale: float, gen: torch.Generator) -> Vector:
     """The starting vector for ``cfg.init``."""
     if cfg.inject == "fv":
@@ -248,7 +248,7 @@ def _value(vector: Vector) -> Tensor:
     return vector.vector if isinstance(vector, FunctionVector) else vector.means
 
 
-def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = FinetuneConfig(),
+def finetune(model: Model, task: str | Task, cfg: FinetuneConfig = FinetuneConfig(),
              *, vectors=None, progress: bool = True) -> FinetuneResult:
     """Fine-tune a task's FV or DFV on ``cfg.pairs`` zero-shot pairs; the model stays frozen.
 
@@ -351,7 +351,7 @@ def finetune(model: HookedTransformer, task: str | Task, cfg: FinetuneConfig = F
 # --- held-out comparison -------------------------------------------------------------------
 
 
-def held_out_comparison(model: HookedTransformer, task: str | Task,
+def held_out_comparison(model: Model, task: str | Task,
                         cfg: FinetuneConfig = FinetuneConfig(), *,
                         also: Sequence[str] = ("random_init", "finetuned_other"),
                         vectors=None, progress: bool = True) -> dict:

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from fvlens.batch import pad_left
 from fvlens.forward import run_to
+from fvlens.modeltype import Model
 from fvlens.prompts import DEFAULT_TEMPLATE, icl_prompts, pad_token_id, tokenize
 from fvlens.relational.ratings import Rating, correlate, relation_pairs
 from fvlens.tasks import Pair, Task
@@ -86,7 +86,7 @@ def relation_level(rows: Sequence[Rating], names: Sequence[str],
 
 
 @torch.no_grad()
-def icl_mean_vectors(model: HookedTransformer, relations: dict[str, Sequence[Pair]], *,
+def icl_mean_vectors(model: Model, relations: dict[str, Sequence[Pair]], *,
                      layer: int, shots: int = 5, n_prompts: int = 10, seed: int = 0,
                      center: bool = True) -> Float[Tensor, "n_relations d_model"]:
     """Unfine-tuned relation vectors: the mean last-token residual at ``layer`` over
@@ -111,7 +111,7 @@ def _last_resid(model, tokens, mask, layer: int) -> Tensor:
     return run_to(model, tokens, mask, layer=layer + 1)[:, -1].float().cpu()
 
 
-def unembed_difference(model: HookedTransformer, pairs: Sequence[Pair]
+def unembed_difference(model: Model, pairs: Sequence[Pair]
                        ) -> Float[Tensor, "n_pairs d_model"]:
     """Baseline pair vector: ``W_U[:, tok(" " + B)] − W_U[:, tok(" " + A)]`` (first tokens)."""
     w_u = model.W_U.detach().float().cpu()
@@ -155,7 +155,7 @@ def random_draws(analysis: Callable[[Tensor], dict], n: int, d: int, *, draws: i
 
 
 @torch.no_grad()
-def pair_representations(model: HookedTransformer, pairs: Sequence[Pair], *, layer: int,
+def pair_representations(model: Model, pairs: Sequence[Pair], *, layer: int,
                          center: bool = True, batch_size: int = 32
                          ) -> Float[Tensor, "n_pairs d_model"]:
     """Each pair ``A:B`` as the last-token residual at ``layer`` of ``Q: A\\nA: B\\n\\nQ:``.
@@ -241,7 +241,7 @@ def relation_task(name: str, pairs: Sequence[Pair]) -> Task:
 # --- the whole analysis --------------------------------------------------------------------
 
 
-def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: int | None = None,
+def run_similarity(model: Model, rows: Sequence[Rating], *, layer: int | None = None,
                    n_relations: int | None = None, max_rows: int | None = 1500,
                    finetune_cfg=None, icl_shots: int = 5, n_perm: int = 1000,
                    n_boot: int = 1000, seed: int = 0, progress: bool = True
