@@ -1,9 +1,16 @@
-"""First-token evaluation: top-k accuracy and target rank, with or without a hook list.
+"""Evaluation: top-k accuracy and target rank, of the first answer token or the whole answer.
 
 ``last_logits`` runs a batch in chunks through the forward core (``fvlens.forward``) and
 unembeds only the last position (every prompt batch is left-padded, so that is each row's last
 real token). ``evaluate`` turns logits into accuracy; ``baseline`` measures the zero-shot, ICL
 and instruction baselines of a task. Layer and scale sweeps live in ``fvlens.injection``.
+
+``targets="full"`` scores every token of the answer, teacher-forced: the answer's tokens
+follow the prompt in one forward pass, a row is correct when each answer token is the argmax
+given the prompt and the answer before it, its rank is the worst of its tokens' ranks, and its
+log-probability is the sum over its tokens. A steering hook list edits the prompt's last
+position, so it is restricted to the prompt's positions (``fvlens.generation.restrict_to_prompt``):
+the answer tokens see the steered prompt but get no edit of their own, as in generation.
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
-from fvlens.forward import forward_last, map_chunks, ranks_of, token_budget
+from fvlens.forward import final_logits, forward_last, map_chunks, ranks_of, run_to, token_budget
+from fvlens.generation import restrict_to_prompt
 from fvlens.hooks import HookFn, check_hook_names
 from fvlens.prompts import icl_prompts, instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.tasks import Task
 
 __all__ = ["Evaluation", "last_logits", "evaluate", "baseline", "ranks_of",
-           "evaluation_from_logits"]
+           "evaluation_from_logits", "answer_evaluation", "TARGETS"]
+
+TARGETS = ("first", "full")
 
 
 @torch.no_grad()
@@ -49,17 +59,20 @@ def last_logits(model: HookedTransformer, batch: PromptBatch, *,
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Evaluation:
-    """First-token results of one batch.
+    """Results of one batch (first answer token, or the whole answer with ``targets="full"``).
 
     Attributes:
-        ranks: 0-based rank of each row's target among the vocabulary (0 = top-1).
-        predictions: the top-1 token of each row.
-        target_probs: probability of each row's target.
+        ranks: 0-based rank of each row's target among the vocabulary (0 = top-1); for whole
+            answers the worst rank over the answer's tokens (0: every token is the argmax).
+        predictions: the top-1 token of each row (at the answer's first position).
+        target_probs: probability of each row's target (whole answers: of the whole answer).
+        logprobs: whole answers only: the answer's log-probability (sum over its tokens).
     """
 
     ranks: Int[Tensor, " batch"]
     predictions: Int[Tensor, " batch"]
     target_probs: Float[Tensor, " batch"]
+    logprobs: Float[Tensor, " batch"] | None = None
 
     def top(self, k: int = 1) -> float:
         """Top-k accuracy."""
@@ -84,10 +97,66 @@ class Evaluation:
 
 def evaluate(model: HookedTransformer, batch: PromptBatch, *,
              fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-             batch_size: int | None = None) -> Evaluation:
-    """Top-k accuracy and target rank of ``batch`` under ``fwd_hooks``."""
+             batch_size: int | None = None, targets: str = "first") -> Evaluation:
+    """Top-k accuracy and target rank of ``batch`` under ``fwd_hooks``.
+
+    Args:
+        targets: "first" scores the answer's first token; "full" every token of it
+            (``answer_evaluation``).
+    """
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+    if targets == "full":
+        return answer_evaluation(model, batch, fwd_hooks=fwd_hooks, batch_size=batch_size)
     logits = last_logits(model, batch, fwd_hooks=fwd_hooks, batch_size=batch_size)
     return evaluation_from_logits(logits, batch.targets)
+
+
+@torch.no_grad()
+def answer_evaluation(model: HookedTransformer, batch: PromptBatch, *,
+                      fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+                      batch_size: int | None = None) -> Evaluation:
+    """Whole-answer results, teacher-forced: ``batch.answers`` follow the prompts.
+
+    Each row is its left-padded prompt followed by its answer's tokens (right-padded, masked);
+    the logits at the prompt's last position and at each answer token but the last score the
+    next answer token. ``fwd_hooks`` act on the prompt's positions only.
+
+    Returns:
+        An ``Evaluation`` whose ``ranks`` are the worst rank over each answer's tokens,
+        ``predictions`` the argmax at the first answer position, ``target_probs`` the whole
+        answer's probability and ``logprobs`` its log-probability.
+    """
+    check_hook_names(model, fwd_hooks)
+
+    def run(chunk: PromptBatch) -> tuple[Tensor, Tensor, Tensor]:
+        n, width = chunk.tokens.shape
+        longest = max(len(a) for a in chunk.answers)
+        extra = torch.full((n, longest - 1), chunk.pad_id, dtype=torch.long)
+        extra_mask = torch.zeros((n, longest - 1), dtype=torch.long)
+        for i, a in enumerate(chunk.answers):
+            extra[i, :len(a) - 1] = torch.as_tensor(a[:-1], dtype=torch.long)
+            extra_mask[i, :len(a) - 1] = 1
+        hooks = restrict_to_prompt(fwd_hooks, width) if longest > 1 else list(fwd_hooks)
+        with model.hooks(fwd_hooks=hooks):
+            resid = run_to(model, torch.cat([chunk.tokens, extra], 1),
+                           torch.cat([chunk.attention_mask, extra_mask], 1))
+            logits = final_logits(model, resid[:, width - 1:]).float().cpu()
+        logp = logits.log_softmax(-1)
+        worst = torch.zeros(n, dtype=torch.long)
+        total = torch.zeros(n)
+        for i, a in enumerate(chunk.answers):
+            ids = torch.as_tensor(a, dtype=torch.long)
+            steps = torch.arange(len(a))
+            worst[i] = ranks_of(logits[i, steps], ids).max()
+            total[i] = logp[i, steps, ids].sum()
+        return worst, total, logits[:, 0].argmax(-1)
+
+    parts = map_chunks(batch, run, batch_size=batch_size, tokens_per_pass=token_budget(model))
+    logprobs = torch.cat([p[1] for p in parts])
+    return Evaluation(ranks=torch.cat([p[0] for p in parts]),
+                      predictions=torch.cat([p[2] for p in parts]),
+                      target_probs=logprobs.exp(), logprobs=logprobs)
 
 
 def evaluation_from_logits(logits: Float[Tensor, "batch vocab"],

@@ -18,7 +18,7 @@ LEVELS = {
     "fvlens.tasks": 0, "fvlens._taskgen": 0, "fvlens._lazy": 0, "fvlens.provenance": 0, "fvlens.tables": 0,
     "fvlens.batch": 0, "fvlens.importers": 0,
     # 1: prompts
-    "fvlens.prompts": 1,
+    "fvlens.prompts": 1, "fvlens.chat": 1,
     # 2: models and hooks
     "fvlens.models": 2, "fvlens.hooks": 2,
     # 3: the forward core
@@ -27,7 +27,7 @@ LEVELS = {
     "fvlens.activations": 4, "fvlens.heads": 4, "fvlens.lrp": 4, "fvlens.attnlrp": 4,
     "fvlens.steering": 4, "fvlens.generation": 4, "fvlens.vectors": 4,
     # 5: evaluation and injection sweeps
-    "fvlens.evaluate": 5, "fvlens.injection": 5,
+    "fvlens.evaluate": 5, "fvlens.injection": 5, "fvlens.instruct": 5, "fvlens.lastpos": 5,
     # 6: the run plan and the result types
     "fvlens.plan": 6, "fvlens.results": 6,
     # 7: the jobs: the main job, analyses, relational studies, sweeps
