@@ -24,10 +24,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.batch import PromptBatch
+from fvlens.batch import DEFAULT_TEMPLATE, PromptBatch, Template
 from fvlens.forward import final_logits, forward_last, map_chunks, ranks_of, run_to, token_budget
 from fvlens.generation import restrict_to_prompt
 from fvlens.hooks import HookFn, check_hook_names
+from fvlens.prefix import MIN_SHARED, forward_shared, shared_prefix
 from fvlens.prompts import icl_prompts, instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.tasks import Task
 
@@ -50,10 +51,15 @@ def last_logits(model: HookedTransformer, batch: PromptBatch, *,
         batch_size: rows per forward pass; None sizes passes by tokens.
     """
     check_hook_names(model, fwd_hooks)
+
+    def run(c: PromptBatch) -> Tensor:
+        shared = shared_prefix(c) if not fwd_hooks else 0
+        if shared >= MIN_SHARED:  # unhooked chat prompts: their common prefix once
+            return final_logits(model, forward_shared(model, c, shared)[:, -1]).float().cpu()
+        return forward_last(model, c.tokens, c.attention_mask).float().cpu()
+
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        out = map_chunks(batch, lambda c: forward_last(model, c.tokens, c.attention_mask)
-                         .float().cpu(), batch_size=batch_size,
-                         tokens_per_pass=token_budget(model))
+        out = map_chunks(batch, run, batch_size=batch_size, tokens_per_pass=token_budget(model))
     return torch.cat(out)
 
 
@@ -137,11 +143,16 @@ def answer_evaluation(model: HookedTransformer, batch: PromptBatch, *,
         for i, a in enumerate(chunk.answers):
             extra[i, :len(a) - 1] = torch.as_tensor(a[:-1], dtype=torch.long)
             extra_mask[i, :len(a) - 1] = 1
-        hooks = restrict_to_prompt(fwd_hooks, width) if longest > 1 else list(fwd_hooks)
-        with model.hooks(fwd_hooks=hooks):
-            resid = run_to(model, torch.cat([chunk.tokens, extra], 1),
-                           torch.cat([chunk.attention_mask, extra_mask], 1))
-            logits = final_logits(model, resid[:, width - 1:]).float().cpu()
+        shared = shared_prefix(chunk) if not fwd_hooks else 0
+        if shared >= MIN_SHARED:  # unhooked: the rows' common prefix once
+            resid = forward_shared(model, chunk, shared, extra=extra, extra_mask=extra_mask)
+            logits = final_logits(model, resid[:, resid.shape[1] - longest:]).float().cpu()
+        else:
+            hooks = restrict_to_prompt(fwd_hooks, width) if longest > 1 else list(fwd_hooks)
+            with model.hooks(fwd_hooks=hooks):
+                resid = run_to(model, torch.cat([chunk.tokens, extra], 1),
+                               torch.cat([chunk.attention_mask, extra_mask], 1))
+                logits = final_logits(model, resid[:, width - 1:]).float().cpu()
         logp = logits.log_softmax(-1)
         worst = torch.zeros(n, dtype=torch.long)
         total = torch.zeros(n)
@@ -173,8 +184,10 @@ def evaluation_from_logits(logits: Float[Tensor, "batch vocab"],
 def baseline(model: HookedTransformer, task: Task, *, shots: int = 10, n_test: int | None = 50,
              seed: int = 0, test_fraction: float = 0.3,
              modes: Sequence[str] = ("zero_shot", "icl", "instruction"),
-             batch_size: int | None = None, progress: bool = True) -> dict[str, float | int]:
-    """Zero-shot, ICL and instruction first-token accuracy of a task on its test split.
+             batch_size: int | None = None, progress: bool = True,
+             template: Template = DEFAULT_TEMPLATE, targets: str = "first"
+             ) -> dict[str, float | int]:
+    """Zero-shot, ICL and instruction accuracy of a task on its test split.
 
     Args:
         task: the task; split with ``task.split(test_fraction=..., seed=seed)``.
@@ -182,6 +195,9 @@ def baseline(model: HookedTransformer, task: Task, *, shots: int = 10, n_test: i
         n_test: test queries used (a seeded subset), or None for the whole test split.
         modes: which baselines to measure; "instruction" is skipped for tasks without
             instructions.
+        template: how instruction and zero-shot prompts are written (e.g. in a chat
+            template, ``fvlens.chat``); ICL prompts are always plain.
+        targets: "first" token or "full" answer scoring.
 
     Returns:
         ``{"n": …, "zero_shot_top1": …, "zero_shot_top3": …, "icl_top1": …, …,
@@ -192,9 +208,10 @@ def baseline(model: HookedTransformer, task: Task, *, shots: int = 10, n_test: i
         test = test.sample(n_test, seed=seed)
     out: dict[str, float | int] = {"n": len(test)}
     builders = {
-        "zero_shot": lambda: zero_shot_prompts(model, test),
+        "zero_shot": lambda: zero_shot_prompts(model, test, template=template),
         "icl": lambda: icl_prompts(model, test, train, shots=shots, seed=seed),
-        "instruction": lambda: instruction_prompts(model, task, test, seed=seed),
+        "instruction": lambda: instruction_prompts(model, task, test, seed=seed,
+                                                   template=template),
     }
     unknown = set(modes) - set(builders)
     if unknown:
@@ -202,7 +219,8 @@ def baseline(model: HookedTransformer, task: Task, *, shots: int = 10, n_test: i
     for mode in tqdm(modes, desc=f"baseline {task.name}", disable=not progress, leave=False):
         if mode == "instruction" and not task.instructions:
             continue
-        result = evaluate(model, builders[mode](), batch_size=batch_size)
+        result = evaluate(model, builders[mode](), batch_size=batch_size, targets=targets)
         out.update(result.summary(prefix=f"{mode}_"))
-    out["n_multi_token_targets"] = target_ids(model, [p.output for p in test.pairs])[1]
+    out["n_multi_token_targets"] = target_ids(model, [p.output for p in test.pairs],
+                                              template=template)[1]
     return out

@@ -32,6 +32,9 @@ from fvlens.activations import last_token_head_activations
 from fvlens.batch import DEFAULT_TEMPLATE, PromptBatch, Template
 from fvlens.chat import answer_formats
 from fvlens.evaluate import Evaluation, answer_evaluation, evaluate
+from fvlens.forward import final_logits, map_chunks, token_budget
+from fvlens.hooks import hook_name
+from fvlens.prefix import MIN_SHARED, forward_shared, shared_prefix
 from fvlens.prompts import instruction_prompts
 from fvlens.tasks import Instruction, Pair, Task
 
@@ -111,14 +114,43 @@ def activations_and_correct(model: HookedTransformer, batch: PromptBatch, *,
                             ) -> tuple[Float[Tensor, "batch n_layers n_heads d_head"],
                                        Bool[Tensor, " batch"]]:
     """Last-token head activations and correctness (whole answers with ``targets="full"``:
-    rows whose first token is right are re-scored teacher-forced)."""
-    z, correct = last_token_head_activations(model, batch)
+    rows whose first token is right are re-scored teacher-forced). Chat prompts run their
+    shared prefix once (``fvlens.prefix``)."""
+    z, correct = _shared_activations(model, batch)
+    if z is None:
+        z, correct = last_token_head_activations(model, batch)
     if targets == "full" and bool(correct.any()):
         rows = correct.nonzero()[:, 0]
         full = answer_evaluation(model, batch.select(rows))
         correct = correct.clone()
         correct[rows] = full.ranks == 0
     return z, correct
+
+
+@torch.no_grad()
+def _shared_activations(model: HookedTransformer, batch: PromptBatch):
+    """``last_token_head_activations`` through ``forward_shared`` (None when the rows share
+    fewer than ``MIN_SHARED`` tokens)."""
+    n_layers = model.cfg.n_layers
+
+    def run(chunk: PromptBatch):
+        shared = shared_prefix(chunk)
+        if shared < MIN_SHARED:
+            return None
+        store: list = [None] * n_layers
+
+        def grab(z: Tensor, hook) -> None:
+            store[hook.layer()] = z[:, -1].detach().float().cpu()
+
+        resid = forward_shared(model, chunk, shared, fwd_hooks=[
+            (hook_name("z", layer), grab) for layer in range(n_layers)])
+        logits = final_logits(model, resid[:, -1])
+        return torch.stack(store, dim=1), logits.argmax(-1).cpu() == chunk.targets
+
+    parts = map_chunks(batch, run, tokens_per_pass=token_budget(model))
+    if any(p is None for p in parts):
+        return None, None
+    return torch.cat([z for z, _ in parts]), torch.cat([c for _, c in parts])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -23,14 +23,15 @@ from conftest import make_tiny
 
 # A ChatML-like template in the tiny tokenizer's vocabulary: a system turn, the BOS token
 # written by the template itself, the user turn, then the start of the assistant's turn.
-TINY_CHAT = ("{{ bos_token }}{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}"
+TINY_CHAT = ("{{ bos_token }}### system:\nYou answer with the word alone, nothing else.\n\n"
+             "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}"
              "\n\n{% endfor %}{% if add_generation_prompt %}### assistant:\n{% endif %}")
 FP32_EXACT = 1e-5  # same computation, different batching/padding in float32
 
 
 @pytest.fixture(scope="module")
 def chat_model():
-    model = make_tiny("llama", tokenizer=True)
+    model = make_tiny("llama", tokenizer=True, n_ctx=256)
     model.tokenizer = copy.deepcopy(model.tokenizer)
     model.tokenizer.chat_template = TINY_CHAT
     return model
@@ -39,7 +40,7 @@ def chat_model():
 @pytest.fixture(scope="module")
 def chat_model_bos():
     """The same, for a model that prepends BOS to plain prompts."""
-    model = make_tiny("llama", tokenizer=True, default_prepend_bos=True)
+    model = make_tiny("llama", tokenizer=True, default_prepend_bos=True, n_ctx=256)
     model.tokenizer = copy.deepcopy(model.tokenizer)
     model.tokenizer.chat_template = TINY_CHAT
     return model
@@ -341,3 +342,139 @@ def test_last_token_cache_equals_the_residual_cache(kind, task):
     c = steered_last(model, last, start=1, fwd_hooks=dfv.hooks(scale=2.0))
     torch.testing.assert_close(c.target_probs, a.target_probs, atol=FP32_EXACT, rtol=0)
     assert_no_hooks(model)
+
+
+def _check_real_tokenizer(model):
+    from fvlens.tasks import list_tasks
+
+    tpl = chat_template(model)
+    tok = model.tokenizer
+    for name in list_tasks():
+        t = load_task(name)
+        if not t.instructions:
+            continue
+        for i, ins in enumerate(t.instructions):
+            b = instruction_prompts(model, t, t.pairs[:2], instruction=i, template=tpl)
+            content = f"{ins.text}\nQ: {t.pairs[0].input}\nA:"
+            assert b.texts[0] == tok.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False,
+                add_generation_prompt=True)
+            frame = "".join(tok.decode(b.tokens[0, p]) for p in b.frame_positions[0])
+            assert all(f in frame for f in ins.frame), (name, ins.text, frame)
+            bad = corrupted(model, b, seed=i)
+            assert [len(bad.row_ids(r)) for r in range(2)] == [len(b.row_ids(r))
+                                                              for r in range(2)], (name, ins)
+
+
+@pytest.mark.slow
+def test_chat_prompts_on_the_embedded_tokenizer(smollm):
+    """SmolLM2's GGUF tokenizer carries a ChatML template: every built-in instruction, wrapped,
+    equals the tokenizer's own rendering, keeps its frame, and has a length-matched twin."""
+    _check_real_tokenizer(smollm)
+
+
+@pytest.mark.slow
+def test_chat_prompts_on_qwen():
+    from fvlens.models import EMBEDDED_MODELS, load_model
+    from fvlens.models.embedded import missing_parts
+
+    spec = EMBEDDED_MODELS["qwen2.5-coder-0.5b"]
+    if missing_parts(spec):
+        pytest.skip(spec.install_command)
+    _check_real_tokenizer(load_model("qwen2.5-coder-0.5b", device="cpu"))
+
+
+def _task_the_model_answers(model, template) -> Task:
+    """A one-instruction task whose outputs are the model's own first-token answers (so a
+    random tiny model 'follows' it)."""
+    words = [p.input for p in load_task("antonym").pairs[:60]]
+    ins = Instruction(text="Give the opposite of the word.", frame=("opposite",))
+    probe = Task(name="probe", description="", pairs=tuple(Pair(input=w, output="x")
+                                                           for w in words), instructions=(ins,))
+    b = instruction_prompts(model, probe, probe.pairs, template=template)
+    pred = evaluate(model, b).predictions.tolist()
+    tok = model.tokenizer
+    pairs = []
+    for w, p in zip(words, pred):
+        out = tok.decode([p])
+        if out.strip() and tok(out, add_special_tokens=False)["input_ids"][:1] == [p]:
+            pairs.append(Pair(input=w, output=out))
+    return Task(name="mirror", description="", pairs=tuple(pairs), instructions=(ins,))
+
+
+@pytest.fixture(scope="module")
+def mirror_model():
+    """The chat model, its output bias pushing down every token that is not a word (a token
+    that does not decode and re-encode to itself, or is blank), so its answers are words."""
+    model = make_tiny("llama", tokenizer=True, n_ctx=256)
+    model.tokenizer = copy.deepcopy(model.tokenizer)
+    model.tokenizer.chat_template = TINY_CHAT
+    tok = model.tokenizer
+    with torch.no_grad():
+        for i in range(model.cfg.d_vocab):
+            s = tok.decode([i])
+            if not s.strip() or tok(s, add_special_tokens=False)["input_ids"][:1] != [i]:
+                model.unembed.b_U[i] = -1e4
+    return model
+
+
+@pytest.mark.parametrize("targets", ["first", "full"])
+def test_instruction_run_end_to_end_with_template_and_filter(mirror_model, targets):
+    from fvlens.pipeline import run_task
+    from fvlens.plan import prepare_task, score_task
+
+    chat_model = mirror_model
+    tpl = answer_formats(chat_template(chat_model))["bare"]
+    t = _task_the_model_answers(chat_model, tpl)
+    assert len(t) >= 20
+    cfg = RunConfig(tasks=("mirror",), prompt_mode="instruction", select=("aie", "attnlrp"),
+                    chat_template="auto", answer_format="bare", targets=targets, k=3,
+                    k_sweep=(2,), min_correct=4, n_instructions=1, samples_per_instruction=3,
+                    n_val=4, n_test=8, dfv_scales=(1.0,), test_fraction=0.3)
+    plan = prepare_task(chat_model, t, cfg)
+    assert plan.template == tpl and plan.answer_format.name == "chat/bare"
+    assert set(plan.answer_format.scores) == {"chat/bare", "chat/forced:A:",
+                                              "chat/forced:The answer is:", "none"}
+    assert plan.instruction_filter.passed and len(plan.scoring) == 3
+    assert plan.val.texts[0].startswith(tpl.chat_prefix)
+    assert all(text.startswith(tpl.chat_prefix) for text in plan.corrupted.texts)
+    scores = {m: score_task(chat_model, plan, m, cfg) for m in cfg.select}
+    res = run_task(chat_model, plan, scores, cfg)
+    assert res.skipped is None and res.n == res.n_test  # the model answers its own outputs
+    assert set(res.steered) == {"aie", "attnlrp"}
+    assert all(set(v) == {"fv", "dfv"} for v in res.steered.values())
+    pq = res.extra["per_query"]
+    assert len(pq["zero_shot"]) == res.n and set(pq) >= {"aie/fv", "attnlrp/dfv", "inputs"}
+    assert res.extra["answer_format"]["chosen"] == "chat/bare"
+    assert res.extra["instruction_filter"]["kept"] == [t.instructions[0].text]
+    assert res.k_sweep["aie"]["fv"].keys() == {2}
+    if targets == "full":
+        assert res.baselines["zero_shot"].mean_logprob is not None
+    assert_no_hooks(chat_model)
+
+
+def test_shared_prefix_passes_equal_the_plain_ones(chat_model, task, monkeypatch):
+    import fvlens.evaluate as ev_mod
+    import fvlens.instruct as ins_mod
+    from fvlens.activations import last_token_head_activations
+    from fvlens.instruct import activations_and_correct
+    from fvlens.prefix import MIN_SHARED, shared_prefix
+
+    tpl = chat_template(chat_model)
+    pairs = [Pair(input="hot", output="extraordinarily cold"), Pair(input="a", output="b"),
+             Pair(input="sunny", output="rainy weather")] + list(task.pairs[:4])
+    b = instruction_prompts(chat_model, task, pairs, template=tpl)
+    assert shared_prefix(b) >= MIN_SHARED
+    shared = (evaluate(chat_model, b, batch_size=3), answer_evaluation(chat_model, b),
+              activations_and_correct(chat_model, b))
+    monkeypatch.setattr(ev_mod, "MIN_SHARED", 10**6)
+    monkeypatch.setattr(ins_mod, "MIN_SHARED", 10**6)
+    plain = (evaluate(chat_model, b, batch_size=3), answer_evaluation(chat_model, b),
+             last_token_head_activations(chat_model, b))
+    for s_ev, p_ev in zip(shared[:2], plain[:2]):
+        assert torch.equal(s_ev.ranks, p_ev.ranks)
+        torch.testing.assert_close(s_ev.target_probs, p_ev.target_probs, atol=FP32_EXACT, rtol=0)
+    torch.testing.assert_close(shared[1].logprobs, plain[1].logprobs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(shared[2][0], plain[2][0], atol=FP32_EXACT, rtol=0)
+    assert torch.equal(shared[2][1], plain[2][1])
+    assert_no_hooks(chat_model)

@@ -22,7 +22,7 @@ LEVELS = {
     # 2: models and hooks
     "fvlens.models": 2, "fvlens.hooks": 2,
     # 3: the forward core
-    "fvlens.forward": 3,
+    "fvlens.forward": 3, "fvlens.prefix": 3,
     # 4: what is computed from activations: heads, AttnLRP, vectors, generation
     "fvlens.activations": 4, "fvlens.heads": 4, "fvlens.lrp": 4, "fvlens.attnlrp": 4,
     "fvlens.steering": 4, "fvlens.generation": 4, "fvlens.vectors": 4,
