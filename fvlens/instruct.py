@@ -12,7 +12,7 @@
   ones become head-scoring samples (the CIE samples of AIE, AttnLRP's samples).
 
 The filter's decision is exact; only the order of evaluation is adaptive to save forward passes:
-every instruction is first tried on one chunk, then instructions are resolved one at a time,
+every instruction is first tried on one chunk (24 queries), then instructions are resolved one at a time,
 the least accurate first, each stopping as soon as it has ``min_correct`` correct answers or
 can no longer reach them, and the task stops as soon as it can no longer keep enough.
 """
@@ -41,7 +41,7 @@ from fvlens.tasks import Instruction, Pair, Task
 __all__ = ["FormatChoice", "choose_answer_format", "InstructionFilter", "filter_instructions",
            "activations_and_correct", "FILTER_CHUNK"]
 
-FILTER_CHUNK = 20  # prompts per instruction in the filter's first round
+FILTER_CHUNK = 24  # prompts per instruction in the filter's first round
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -33,124 +33,22 @@ from transformer_lens import HookedTransformer
 
 from fvlens.activations import mean_of_correct
 from fvlens.batch import DEFAULT_TEMPLATE, PromptBatch, Template
-from fvlens.chat import CHAT_TEMPLATES, template_for
-from fvlens.evaluate import TARGETS
+from fvlens.chat import template_for
 from fvlens.heads.scores import Head, HeadScores
-from fvlens.heads.select import METHODS, score_heads
+from fvlens.heads.select import score_heads
 from fvlens.injection import ResidualCache, layer_sweep, residual_cache, steered_evaluation
 from fvlens.lastpos import LastTokenCache, last_token_cache, steered_last
 from fvlens.instruct import (FormatChoice, InstructionFilter, activations_and_correct,
                              choose_answer_format, filter_instructions)
 from fvlens.prompts import corrupted, icl_prompts, instruction_prompts, zero_shot_prompts
+from fvlens.runconfig import INJECTIONS, RunConfig
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import DEFAULT_TASKS, Pair, Task, load_task
 
-__all__ = ["RunConfig", "TaskPlan", "Vectors", "DEFAULT_TASKS", "INJECTIONS", "prepare_task",
+__all__ = ["RunConfig", "TaskPlan", "Vectors", "Splits", "DEFAULT_TASKS", "INJECTIONS",
+           "task_splits", "screen_task", "prepare_task",
            "score_task", "choose_layer", "choose_scale", "build_vectors", "extract_vectors",
            "reference_prompts"]
-
-INJECTIONS = ("fv", "dfv")
-AIE_IMPLS = ("fast", "reference")
-FRAMES = ("answers", "context")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Settings of ``fvlens run`` (every field is recorded in results.json)."""
-
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    prompt_mode: str = "icl"
-    select: tuple[str, ...] = ("aie",)
-    inject: tuple[str, ...] = INJECTIONS
-    k: int = 20
-    k_sweep: tuple[int, ...] = ()
-    heads: str = "per-task"
-    shots: int = 10
-    n_mean: int = 30
-    n_samples: int = 25
-    n_val: int = 25
-    n_test: int = 50
-    test_fraction: float = 0.3
-    dfv_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
-    global_min_icl: float = 0.25
-    aie_impl: str = "fast"
-    frame: str = "answers"
-    n_failures: int = 10
-    chat_template: str = "none"
-    answer_format: str = "auto"
-    targets: str = "first"
-    min_correct: int = 0
-    n_instructions: int = 0
-    samples_per_instruction: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
-
-        if not self.tasks or any(not t for t in self.tasks):
-            raise ValueError("tasks is empty: name at least one task (see `fvlens tasks`)")
-        if self.prompt_mode not in ("icl", "instruction"):
-            raise bad("prompt_mode", "must be 'icl' or 'instruction'")
-        unknown = set(self.select) - set(METHODS)
-        if unknown or not self.select:
-            raise ValueError(f"unknown selection methods {sorted(unknown)}; choose from {METHODS}")
-        unknown = set(self.inject) - set(INJECTIONS)
-        if unknown or not self.inject:
-            raise ValueError(f"unknown injections {sorted(unknown)}; choose from {INJECTIONS}")
-        if self.heads not in ("per-task", "global"):
-            raise bad("heads", "must be 'per-task' or 'global'")
-        for name in ("k", "n_mean", "n_samples", "n_val", "n_test"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(name, "must be an integer ≥ 1")
-        if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 0:
-            raise bad("shots", "must be an integer ≥ 0")
-        if self.prompt_mode == "icl" and self.shots < 1:
-            raise bad("shots", "must be ≥ 1 in ICL mode (a 0-shot ICL prompt is the zero-shot "
-                      "baseline)")
-        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.k_sweep):
-            raise bad("k_sweep", "must hold integers ≥ 1")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise bad("test_fraction", "must be in (0, 1)")
-        if not self.dfv_scales or any(not s > 0 for s in self.dfv_scales):
-            raise bad("dfv_scales", "must be positive numbers (at least one)")
-        if not 0.0 <= self.global_min_icl <= 1.0:
-            raise bad("global_min_icl", "must be in [0, 1]")
-        if self.aie_impl not in AIE_IMPLS:
-            raise bad("aie_impl", f"must be one of {AIE_IMPLS}")
-        if self.frame not in FRAMES:
-            raise bad("frame", f"must be one of {FRAMES}")
-        if self.n_failures < 0:
-            raise bad("n_failures", "must be ≥ 0")
-        if self.chat_template not in CHAT_TEMPLATES:
-            raise bad("chat_template", f"must be one of {CHAT_TEMPLATES}")
-        if self.targets not in TARGETS:
-            raise bad("targets", f"must be one of {TARGETS}")
-        for name in ("min_correct", "n_instructions", "samples_per_instruction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(name, "must be an integer ≥ 0 (0: off)")
-        if self.prompt_mode == "icl":
-            for name, off in (("chat_template", "none"), ("answer_format", "auto"),
-                              ("min_correct", 0), ("n_instructions", 0),
-                              ("samples_per_instruction", 0)):
-                if getattr(self, name) != off:
-                    raise bad(name, f"applies to instruction prompts only: use "
-                              f"prompt_mode='instruction' or leave it at {off!r}")
-        if self.samples_per_instruction and not self.min_correct:
-            raise bad("samples_per_instruction", "needs the instruction filter (min_correct "
-                      "≥ 1): its samples are drawn from each kept instruction's correct prompts")
-
-    def check_model(self, model: HookedTransformer) -> None:
-        """Settings that depend on the model (raise before any work is done)."""
-        total = model.cfg.n_layers * model.cfg.n_heads
-        for k in (self.k, *self.k_sweep):
-            if k > total:
-                raise ValueError(f"k = {k} exceeds the model's {total} heads ("
-                                 f"{model.cfg.n_layers} layers × {model.cfg.n_heads}); choose "
-                                 f"k in [1, {total}]")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskPlan:
@@ -228,23 +126,28 @@ def reference_prompts(model: HookedTransformer, task: Task, queries: Sequence[Pa
     return instruction_prompts(model, task, queries, seed=seed, template=template)
 
 
-def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskPlan:
-    """Split the task; one pass over the clean prompts; scoring prompts; validation cache.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Splits:
+    """A task's seeded splits: ``mean`` (clean prompts; with the filter every non-validation
+    training query), ``val``, ``test``; ``pool`` = mean + val (scoring queries, demos)."""
 
-    Raises:
-        ValueError: too few pairs, no instructions in instruction mode, no clean prompt
-            answered correctly (no mean activation), or a task the instruction filter rejects.
-    """
+    train: Task
+    mean: tuple[Pair, ...]
+    val: tuple[Pair, ...]
+    test: tuple[Pair, ...]
+
+    @property
+    def pool(self) -> tuple[Pair, ...]:
+        return self.mean + self.val
+
+
+def task_splits(task: Task, cfg: RunConfig) -> Splits:
+    """The splits ``prepare_task`` uses (raises when the task has too few pairs)."""
     instruction = cfg.prompt_mode == "instruction"
-    if instruction and not task.instructions:
-        raise ValueError(f"task {task.name!r} has no instructions, so instruction mode cannot "
-                         "run it; add instructions to its file or use --prompt-mode icl")
-    base = template_for(model, cfg.chat_template) if instruction else DEFAULT_TEMPLATE
     train, test = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)
     pairs = list(train.sample(len(train), seed=cfg.seed).pairs)
-    need = cfg.shots + 4 if not instruction else 4
-    if cfg.min_correct:
-        need = max(need, cfg.n_val + cfg.min_correct)
+    need = max(cfg.shots + 4 if not instruction else 4,
+               cfg.n_val + cfg.min_correct if cfg.min_correct else 0)
     if len(pairs) < need:
         raise ValueError(f"task {task.name!r} has {len(pairs)} training pairs; it needs "
                          f"{need}" + (f" for {cfg.shots}-shot prompts (lower --shots)"
@@ -257,17 +160,45 @@ def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskPl
     test_q = list(test.pairs)
     if len(test_q) > cfg.n_test:
         test_q = list(test.sample(cfg.n_test, seed=cfg.seed).pairs)
-    template, choice, filt, instructions = base, None, None, task.instructions
-    if instruction:
-        choice = choose_answer_format(model, task, val_q or mean_q, base, targets=cfg.targets,
-                                      fixed=cfg.answer_format, seed=cfg.seed)
-        template = choice.template
-    pool = tuple(mean_q + val_q)
-    score_seed = cfg.seed + 1
+    return Splits(train=train, mean=tuple(mean_q), val=tuple(val_q), test=tuple(test_q))
+
+
+def screen_task(model: HookedTransformer, task: Task, cfg: RunConfig
+                ) -> tuple[Splits, FormatChoice, InstructionFilter | None]:
+    """Instruction mode's first steps: splits, the answer format chosen on validation, and
+    (with ``cfg.min_correct``) the instruction filter, which may reject the task."""
+    if not task.instructions:
+        raise ValueError(f"task {task.name!r} has no instructions, so instruction mode cannot "
+                         "run it; add instructions to its file or use --prompt-mode icl")
+    sp = task_splits(task, cfg)
+    choice = choose_answer_format(model, task, sp.val or sp.mean,
+                                  template_for(model, cfg.chat_template), targets=cfg.targets,
+                                  fixed=cfg.answer_format, seed=cfg.seed)
+    filt = None
     if cfg.min_correct:
-        filt = filter_instructions(model, task, mean_q, template, min_correct=cfg.min_correct,
+        filt = filter_instructions(model, task, sp.mean, choice.template,
+                                   min_correct=cfg.min_correct,
                                    n_instructions=cfg.n_instructions, targets=cfg.targets,
                                    seed=cfg.seed)
+    return sp, choice, filt
+
+
+def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskPlan:
+    """Split the task; one pass over the clean prompts; scoring prompts; validation cache.
+
+    Raises:
+        ValueError: too few pairs, no instructions in instruction mode, no clean prompt
+            answered correctly (no mean activation), or a task the instruction filter rejects.
+    """
+    template, choice, filt, instructions = DEFAULT_TEMPLATE, None, None, task.instructions
+    if cfg.prompt_mode == "instruction":
+        sp, choice, filt = screen_task(model, task, cfg)
+        template = choice.template
+    else:
+        sp = task_splits(task, cfg)
+    train, mean_q, val_q, pool = sp.train, list(sp.mean), list(sp.val), sp.pool
+    score_seed = cfg.seed + 1
+    if filt is not None:
         if not filt.passed:
             raise ValueError(f"instruction filter: {filt.reason}")
         instructions = filt.kept
@@ -289,7 +220,7 @@ def prepare_task(model: HookedTransformer, task: Task, cfg: RunConfig) -> TaskPl
     mean_z = mean_of_correct(z, correct, clean)
     val = zero_shot_prompts(model, val_q or mean_q, template=template)
     return TaskPlan(task=task, train=train, train_pool=pool, mean_queries=tuple(mean_q),
-                    val_queries=tuple(val_q), test_queries=tuple(test_q), clean=clean,
+                    val_queries=tuple(val_q), test_queries=sp.test, clean=clean,
                     clean_correct=correct, mean_z=mean_z, scoring=scoring,
                     corrupted=corrupted(model, scoring, seed=score_seed), val=val,
                     val_last=last_token_cache(model, val), template=template,

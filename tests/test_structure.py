@@ -29,7 +29,7 @@ LEVELS = {
     # 5: evaluation and injection sweeps
     "fvlens.evaluate": 5, "fvlens.injection": 5, "fvlens.instruct": 5, "fvlens.lastpos": 5,
     # 6: the run plan and the result types
-    "fvlens.plan": 6, "fvlens.results": 6,
+    "fvlens.plan": 6, "fvlens.results": 6, "fvlens.runconfig": 6,
     # 7: the jobs: the main job, analyses, relational studies, sweeps
     "fvlens.pipeline": 7, "fvlens.analyses": 7, "fvlens.relational": 7, "fvlens.sweep": 7,
     # 8: figures and reports
