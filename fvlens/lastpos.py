@@ -8,6 +8,7 @@ TransformerLens key/value cache and records the last token's residual entering e
 prefix (the same exact shortcut as the fast AIE path, ``fvlens.heads.aie``). A layer sweep
 costs one token per prompt and layer instead of the whole prompt; the results equal a full
 forward pass with the same edit (tested against ``fvlens.injection.steered_evaluation``).
+Rows sharing a long prefix (a chat template's system turn) run it once (``fvlens.prefix``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from fvlens.batch import PromptBatch, auto_batch_size
+from fvlens.batch import PromptBatch, auto_batch_size, pad_left
 from fvlens.evaluate import Evaluation, evaluation_from_logits
 from fvlens.forward import check_length, final_logits, token_budget
 from fvlens.hooks import HookList, check_hook_names, hook_name
+from fvlens.prefix import MIN_SHARED, shared_cache, shared_prefix
 
 __all__ = ["LastTokenCache", "last_token_cache", "steered_last"]
 
@@ -36,6 +38,8 @@ class LastTokenCache:
         batch: the prompts.
         chunks: the row chunks the pass ran in.
         kv: per chunk, the frozen key/value cache of every position but the last.
+        masks: per chunk, the attention mask of the cached layout (shared prefix first when
+            the rows share one, else the chunk's own left-padded mask).
         resid: per chunk ``[n_layers + 1, rows, 1, d_model]``: index L is the last token's
             residual entering block L (index ``n_layers``: the final norm's input).
         unsteered: the batch's evaluation without any edit.
@@ -44,6 +48,7 @@ class LastTokenCache:
     batch: PromptBatch
     chunks: tuple[PromptBatch, ...]
     kv: tuple[TransformerLensKeyValueCache, ...]
+    masks: tuple[Tensor, ...]
     resid: tuple[Tensor, ...]
     unsteered: Evaluation
 
@@ -69,11 +74,9 @@ def last_token_cache(model: HookedTransformer, batch: PromptBatch, *,
     n, device = model.cfg.n_layers, model.cfg.device
     chunks = batch.chunks(auto_batch_size(batch, batch_size,
                                           tokens_per_pass=token_budget(model)))
-    kvs, resids, logits = [], [], []
+    kvs, masks, resids, logits = [], [], [], []
     for chunk in chunks:
-        tokens, mask = chunk.tokens.to(device), chunk.attention_mask.to(device)
-        kv = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=len(chunk))
-        model(tokens[:, :-1], attention_mask=mask[:, :-1], past_kv_cache=kv, return_type=None)
+        kv, tokens, mask = _prefix_cache(model, chunk)
         kv.freeze()
         store: list[Tensor | None] = [None] * (n + 1)
 
@@ -88,10 +91,36 @@ def last_token_cache(model: HookedTransformer, batch: PromptBatch, *,
                   stop_at_layer=n)
         stacked = torch.stack(store)  # type: ignore[arg-type]
         kvs.append(kv)
+        masks.append(mask)
         resids.append(stacked)
         logits.append(final_logits(model, stacked[-1][:, -1]).float().cpu())
-    return LastTokenCache(batch=batch, chunks=tuple(chunks), kv=tuple(kvs), resid=tuple(resids),
+    return LastTokenCache(batch=batch, chunks=tuple(chunks), kv=tuple(kvs), masks=tuple(masks),
+                          resid=tuple(resids),
                           unsteered=evaluation_from_logits(torch.cat(logits), batch.targets))
+
+
+def _prefix_cache(model: HookedTransformer, chunk: PromptBatch):
+    """The key/value cache of every position but the last, with the layout's tokens and mask
+    (the shared prefix run once when the rows share ``MIN_SHARED`` tokens)."""
+    device = model.cfg.device
+    shared = shared_prefix(chunk)
+    if shared >= MIN_SHARED:
+        kv = shared_cache(model, chunk, shared)
+        tokens, mask = pad_left([r[shared:] for r in
+                                 (chunk.row_ids(i) for i in range(len(chunk)))], chunk.pad_id)
+        tokens = torch.cat([torch.as_tensor(chunk.row_ids(0)[:shared])[None].expand(
+            len(chunk), -1), tokens], 1)
+        mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], 1)
+        tokens, mask = tokens.to(device), mask.to(device)
+        if tokens.shape[1] - 1 > shared:
+            kv.unfreeze()
+            model(tokens[:, shared:-1], attention_mask=mask[:, shared:-1], past_kv_cache=kv,
+                  return_type=None)
+        return kv, tokens, mask
+    tokens, mask = chunk.tokens.to(device), chunk.attention_mask.to(device)
+    kv = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=len(chunk))
+    model(tokens[:, :-1], attention_mask=mask[:, :-1], past_kv_cache=kv, return_type=None)
+    return kv, tokens, mask
 
 
 @torch.no_grad()
@@ -113,12 +142,12 @@ def steered_last(model: HookedTransformer, cache: LastTokenCache, *, start: int,
     check_hook_names(model, fwd_hooks)
     logits = []
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        for chunk, kv, resid in zip(cache.chunks, cache.kv, cache.resid):
+        for kv, mask, resid in zip(cache.kv, cache.masks, cache.resid):
             x = resid[start]
             if vector is not None:
                 x = x + vector.to(device=x.device, dtype=x.dtype)
             if start < n:
                 x = model(x, start_at_layer=start, stop_at_layer=n, past_kv_cache=kv,
-                          attention_mask=chunk.attention_mask.to(model.cfg.device))
+                          attention_mask=mask)
             logits.append(final_logits(model, x[:, -1]).float().cpu())
     return evaluation_from_logits(torch.cat(logits), cache.batch.targets)

@@ -27,7 +27,7 @@ from fvlens.batch import PromptBatch, pad_left
 from fvlens.forward import check_length
 from fvlens.hooks import HookFn
 
-__all__ = ["MIN_SHARED", "shared_prefix", "forward_shared"]
+__all__ = ["MIN_SHARED", "shared_prefix", "shared_cache", "forward_shared"]
 
 MIN_SHARED = 8  # shared tokens below which the plain pass is used
 
@@ -41,6 +41,25 @@ def shared_prefix(batch: PromptBatch) -> int:
         if any(r[j] != first[j] for r in rows[1:]):
             return j
     return max(n, 0)
+
+
+def shared_cache(model: HookedTransformer, batch: PromptBatch, n_shared: int
+                 ) -> TransformerLensKeyValueCache:
+    """A frozen key/value cache of the rows' first ``n_shared`` tokens, run once and shared
+    (not copied) by every row."""
+    device = model.cfg.device
+    prefix = torch.as_tensor(batch.row_ids(0)[:n_shared], dtype=torch.long, device=device)[None]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=1)
+    # An explicit mask: TransformerLens would otherwise guess padding from the pad token,
+    # which a chat template may well contain (SmolLM2 pads with <|im_end|>).
+    model(prefix, attention_mask=torch.ones_like(prefix), past_kv_cache=cache,
+          return_type=None)
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys.expand(len(batch), *entry.past_keys.shape[1:])
+        entry.past_values = entry.past_values.expand(len(batch), *entry.past_values.shape[1:])
+    cache.previous_attention_mask = cache.previous_attention_mask.expand(len(batch), -1)
+    cache.freeze()
+    return cache
 
 
 def forward_shared(model: HookedTransformer, batch: PromptBatch, n_shared: int, *,
@@ -63,17 +82,7 @@ def forward_shared(model: HookedTransformer, batch: PromptBatch, n_shared: int, 
     device = model.cfg.device
     ids = [batch.row_ids(i) for i in range(len(batch))]
     check_length(model, max(len(r) for r in ids) + (0 if extra is None else extra.shape[1]))
-    prefix = torch.as_tensor(ids[0][:n_shared], dtype=torch.long, device=device)[None]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=1)
-    # An explicit mask: TransformerLens would otherwise guess padding from the pad token,
-    # which a chat template may well contain (SmolLM2 pads with <|im_end|>).
-    model(prefix, attention_mask=torch.ones_like(prefix), past_kv_cache=cache,
-          return_type=None)
-    for entry in cache.entries:
-        entry.past_keys = entry.past_keys.expand(len(batch), *entry.past_keys.shape[1:])
-        entry.past_values = entry.past_values.expand(len(batch), *entry.past_values.shape[1:])
-    cache.previous_attention_mask = cache.previous_attention_mask.expand(len(batch), -1)
-    cache.freeze()
+    cache = shared_cache(model, batch, n_shared)
     tokens, mask = pad_left([r[n_shared:] for r in ids], batch.pad_id)
     if extra is not None:
         tokens, mask = torch.cat([tokens, extra], 1), torch.cat([mask, extra_mask], 1)

@@ -318,14 +318,23 @@ def test_tokenize_without_bos(chat_model_bos):
     assert with_bos[1:] == without and with_bos[0] == chat_model_bos.tokenizer.bos_token_id
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "chat"])
 def test_last_token_cache_equals_the_residual_cache(kind, task):
+    """Plain prompts, and chat prompts whose shared system prefix runs once."""
     from fvlens.injection import residual_cache, steered_evaluation
     from fvlens.lastpos import last_token_cache, steered_last
+    from fvlens.prefix import MIN_SHARED, shared_prefix
     from fvlens.steering import DistributedFV
 
-    model = make_tiny(kind, tokenizer=True)
-    b = zero_shot_prompts(model, task.pairs[:7])
+    if kind == "chat":
+        model = make_tiny("llama", tokenizer=True, n_ctx=256)
+        model.tokenizer = copy.deepcopy(model.tokenizer)
+        model.tokenizer.chat_template = TINY_CHAT
+        b = zero_shot_prompts(model, task.pairs[:7], template=chat_template(model))
+        assert shared_prefix(b) >= MIN_SHARED
+    else:
+        model = make_tiny(kind, tokenizer=True)
+        b = zero_shot_prompts(model, task.pairs[:7])
     full, last = residual_cache(model, b, batch_size=3), last_token_cache(model, b, batch_size=3)
     torch.testing.assert_close(last.unsteered.target_probs, full.unsteered.target_probs,
                                atol=FP32_EXACT, rtol=0)
