@@ -106,9 +106,10 @@ def bench(name: str, warm_runs: int, keep_cache: Path | None) -> dict:
         }
         if keep_cache is not None:
             keep_cache.mkdir(parents=True, exist_ok=True)
-            for item in cache.iterdir():
-                target = keep_cache / item.name
-                if not target.exists():
+            for item in [*cache.glob("gguf/*"), *cache.iterdir()]:
+                target = keep_cache / item.relative_to(cache)
+                if item.exists() and not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(item), target)
         return result
     finally:

@@ -31,7 +31,7 @@ from transformer_lens import HookedTransformer
 from fvlens.activations import last_token_head_activations
 from fvlens.batch import DEFAULT_TEMPLATE, PromptBatch, Template
 from fvlens.chat import answer_formats
-from fvlens.evaluate import Evaluation, answer_evaluation, evaluate
+from fvlens.evaluation import Evaluation, answer_evaluation, evaluate
 from fvlens.forward import final_logits, map_chunks, token_budget
 from fvlens.hooks import hook_name
 from fvlens.prefix import MIN_SHARED, forward_shared, shared_prefix

@@ -22,7 +22,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from fvlens.batch import PromptBatch, auto_batch_size, pad_left
-from fvlens.evaluate import Evaluation, evaluation_from_logits
+from fvlens.evaluation import Evaluation, evaluation_from_logits
 from fvlens.forward import check_length, final_logits, token_budget
 from fvlens.hooks import HookList, check_hook_names, hook_name
 from fvlens.prefix import MIN_SHARED, shared_cache, shared_prefix

@@ -9,7 +9,7 @@ steered evaluation (FV at its layer, DFV from its lowest head, the K sweep) reco
 last token. Returns a typed ``fvlens.results.RunResult``; ``steer_report`` is ``fvlens steer``.
 
 With ``targets="full"`` the test numbers score whole answers (teacher-forced,
-``fvlens.evaluate.answer_evaluation``): each evaluation is one forward pass over prompt and
+``fvlens.evaluation.answer_evaluation``): each evaluation is one forward pass over prompt and
 answer with the vector's hooks restricted to the prompt (the validation sweeps that choose the
 FV layer and DFV scale stay first-token, on their residual cache). Every task records each
 kept test query's target rank per combination (``per_query``), for paired comparisons.
@@ -22,11 +22,12 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import Evaluation, evaluate
+from fvlens.evaluation import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
 from fvlens.lastpos import LastTokenCache, last_token_cache, steered_last
@@ -37,6 +38,7 @@ from fvlens.provenance import machine, versions
 from fvlens.results import Accuracy, Failure, RunResult, Steered, TaskResult
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import load_task
+from fvlens.vectors import save_vector
 
 __all__ = ["RunConfig", "DEFAULT_TASKS", "INJECTIONS", "run", "run_task", "run_settings",
            "extract_vectors",
@@ -69,8 +71,13 @@ def _flags(res_n: int, zero_shot: float, n_multi: int, targets: str = "first"
 
 
 def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadScores],
-             cfg: RunConfig) -> TaskResult:
-    """Baselines and steered zero-shot accuracy of one task on its test queries."""
+             cfg: RunConfig, *, vectors_dir: Path | None = None) -> TaskResult:
+    """Baselines and steered zero-shot accuracy of one task on its test queries.
+
+    Args:
+        vectors_dir: when given, each method's FV, DFV and head scores are saved there as
+            vector files (``fvlens.vectors``): ``{task}/{method}_{fv|dfv|scores}.safetensors``.
+    """
     task = plan.task
     reference = plan.reference(model, plan.test_queries, cfg, seed=cfg.seed)
     ref_ev = evaluate(model, reference, targets=cfg.targets)
@@ -112,6 +119,8 @@ def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadSco
                                  failures=_failures(model, queries, ev, cfg.n_failures))
             per_query[f"{method}/dfv"] = ev.ranks.tolist()
         steered[method], heads[method] = res, tuple(top)
+        if vectors_dir is not None:
+            _save_vectors(model, vectors_dir / task.name, method, sc, fv, dfv, scale, cfg)
         if cfg.k_sweep:
             k_sweep[method] = _k_sweep(model, plan, sc, test, fv.layer, scale, cfg)
     overlap = None
@@ -167,6 +176,18 @@ def _plan_record(plan: TaskPlan, cfg: RunConfig) -> dict:
     return out
 
 
+def _save_vectors(model: HookedTransformer, folder: Path, method: str, scores: HeadScores,
+                  fv: FunctionVector, dfv: DistributedFV, scale: float, cfg: RunConfig) -> None:
+    common = {"task": folder.name, "select": method, "k": cfg.k,
+              "prompt_mode": cfg.prompt_mode, "seed": cfg.seed, "heads": cfg.heads}
+    save_vector(scores, folder / f"{method}_scores.safetensors", model, meta=common)
+    if "fv" in cfg.inject:
+        save_vector(fv, folder / f"{method}_fv.safetensors", model, meta=common)
+    if "dfv" in cfg.inject:
+        save_vector(dfv, folder / f"{method}_dfv.safetensors", model,
+                    meta=common | {"scale": scale})
+
+
 def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, test: _Test,
              layer: int, scale: float, cfg: RunConfig) -> dict[str, dict[int, float]]:
     """Test top-1 for each K at the layer and scale chosen for the default K."""
@@ -184,7 +205,8 @@ def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, test: _Te
 
 def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
         on_task: Callable[[RunResult], None] | None = None,
-        done: dict[str, TaskResult] | None = None) -> RunResult:
+        done: dict[str, TaskResult] | None = None,
+        vectors_dir: str | Path | None = None) -> RunResult:
     """The main job over ``cfg.tasks``.
 
     Args:
@@ -195,6 +217,7 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
             results.json as the run goes).
         done: results of tasks already finished with the same settings (``--resume``); they
             are kept as they are and not run again (per-task heads only).
+        vectors_dir: save every task's vectors and head scores there (``run_task``).
 
     Returns:
         The run's results (``.to_json()`` is results.json).
@@ -233,7 +256,8 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
     if cfg.heads == "global" and scores:
         scores, global_tasks = _globalise(scores, plans, cfg)
     for name, plan in tqdm(plans.items(), desc="fvlens run: steering", disable=not progress):
-        result.tasks[name] = run_task(model, plan, scores[name], cfg)
+        result.tasks[name] = run_task(model, plan, scores[name], cfg, vectors_dir=(
+            None if vectors_dir is None else Path(vectors_dir)))
         if on_task is not None:
             on_task(result)
     for t in timing.values():

@@ -11,7 +11,7 @@ import dataclasses
 from transformer_lens import HookedTransformer
 
 from fvlens.chat import CHAT_TEMPLATES
-from fvlens.evaluate import TARGETS
+from fvlens.evaluation import TARGETS
 from fvlens.heads.select import METHODS
 from fvlens.tasks import DEFAULT_TASKS
 

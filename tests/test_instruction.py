@@ -9,7 +9,7 @@ import torch
 
 from fvlens.batch import DEFAULT_TEMPLATE
 from fvlens.chat import answer_formats, chat_template, template_for
-from fvlens.evaluate import Evaluation, answer_evaluation, evaluate
+from fvlens.evaluation import Evaluation, answer_evaluation, evaluate
 from fvlens.generation import restrict_to_prompt
 from fvlens.hooks import assert_no_hooks, hook_name
 from fvlens.instruct import choose_answer_format, filter_instructions
@@ -463,7 +463,7 @@ def test_instruction_run_end_to_end_with_template_and_filter(mirror_model, targe
 
 
 def test_shared_prefix_passes_equal_the_plain_ones(chat_model, task, monkeypatch):
-    import fvlens.evaluate as ev_mod
+    import fvlens.evaluation as ev_mod
     import fvlens.instruct as ins_mod
     from fvlens.activations import last_token_head_activations
     from fvlens.instruct import activations_and_correct

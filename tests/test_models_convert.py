@@ -169,10 +169,6 @@ def test_rotary_tables_are_hf_s(family, tmp_path, monkeypatch):
             assert torch.equal(block.attn.rotary_cos, cos[0]), layer
     tables = {b.attn.rotary_sin.data_ptr() for b in cached.blocks}
     assert len(tables) == (2 if family == "gemma3" else 1)
-    long = torch.randint(0, 60, (1, 2100))  # past TL's initial 2,048 rows: no re-extension
-    with torch.no_grad():
-        cached(long)
-    assert cached.blocks[0].attn.rotary_sin.shape[0] == 3000
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -13,14 +13,14 @@ import torch
 from fvlens.models import EMBEDDED_MODELS, embedded_gguf_path, fingerprint, load_model
 from fvlens.models.embedded import missing_parts
 
-# float32 on both sides; the gap is kernel order (fused QKV, folded norm gains) and, for
-# positions in the hundreds, the rotary angles: TransformerLens computes pos / base^(2i/d) and
-# HF pos * (1 / base^(2i/d)), which differ by an ulp of an angle of a few hundred radians.
-# Measured (2-core CPU, float32): Qwen ≤ 1e-4 on these prompts; Gemma 3 1.5e-4 below its
-# 512-token window and 4.9e-4 at positions 512-1100 (growing with position, no step at 512).
-QWEN_LOGPROB_ATOL = 5e-4
-GEMMA_LOGPROB_ATOL_IN_WINDOW = 5e-4
-GEMMA_LOGPROB_ATOL_BEYOND_WINDOW = 1.5e-3
+# float32 on both sides; the gap is kernel order (fused QKV, folded norm gains, GQA) over 18-24
+# layers. Measured (2-core CPU): Qwen ≤ 7.2e-5 on these prompts; Gemma 3 8.6e-5 below its
+# 512-token window and 7.6e-5 at positions 512-900 (with TL's own rotary formula it was 2.6e-4
+# at 512-768 and 4.9e-4 at 768-1100, growing with position: fvlens.models.rotary). 2.5e-4 is
+# about 3x the measured gap and below what that rotary regression gives.
+QWEN_LOGPROB_ATOL = 2.5e-4
+GEMMA_LOGPROB_ATOL_IN_WINDOW = 2.5e-4
+GEMMA_LOGPROB_ATOL_BEYOND_WINDOW = 2.5e-4
 
 PROMPTS = [
     "Q: hot\nA: cold\n\nQ: big\nA:",

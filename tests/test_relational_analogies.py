@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.hooks import assert_no_hooks
 from fvlens.prompts import zero_shot_prompts
 from fvlens.relational.analogies import (CONDITIONS, ITEM_RELATIONS, AnalogyItem, builtin_items,
@@ -109,7 +109,7 @@ def test_composite_one_hot_equals_the_single_vector(tiny_tok_model):
                                       Pair(input="apple", output="Apple")])
     w = torch.zeros(2, 3)
     w[0, 1] = w[1, 2] = 1.0
-    from fvlens.evaluate import last_logits
+    from fvlens.evaluation import last_logits
 
     mixed = last_logits(model, batch, fwd_hooks=composite_hooks(bank, w))
     for row, k in ((0, 1), (1, 2)):
@@ -130,7 +130,7 @@ def test_fit_weights_raises_the_stem_probability(tiny_tok_model):
     assert torch.allclose(uniform, torch.full((2, 3), 1 / 3))
 
     def logp(w):
-        from fvlens.evaluate import last_logits
+        from fvlens.evaluation import last_logits
 
         lg = last_logits(model, batch, fwd_hooks=composite_hooks(bank, w))
         return lg.log_softmax(-1).gather(1, batch.targets[:, None])[:, 0]

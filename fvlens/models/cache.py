@@ -230,7 +230,7 @@ def read_entry(entry: Path, *, source: Source, source_file: Path | None,
         meta = _check_meta(entry, source, processing, conversion_version)
         _check_files(entry, meta, source_file)
         return _load(entry, meta["content"], device)
-    except (CacheError, OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+    except Exception as err:  # a broken entry is rebuilt, never fatal (safetensors, JSON, …)
         warnings.warn(f"weight cache entry {entry} is unusable ({err}); rebuilding it",
                       stacklevel=3)
         shutil.rmtree(entry, ignore_errors=True)

@@ -112,7 +112,6 @@ def load_model(
     entry = entry_path(cache_dir(), source, flags, CONVERSION_VERSION)
     source_file = Path(source.path) if source.kind == "gguf" else None
     place = dev if n_devices == 1 else torch.device("cpu")
-    t0 = time.perf_counter()
     got = None
     if use_cache:
         got = read_entry(entry, source=source, source_file=source_file, processing=flags,
@@ -120,24 +119,9 @@ def load_model(
     if got is not None:
         cfg, state, tokenizer, info = got.cfg, got.state, got.tokenizer, got.content["info"]
     else:
-        path = _source_path(source)
-        conv = convert_source(source, path, processing)
-        cfg, info = conv.cfg, conv.info
-        buffers = buffer_names(cfg)
-        state = _unshared_layout(conv.state, buffers)
-        conv.state = None
-        if use_cache:
-            written = write_entry(entry, cfg=cfg, state=state, buffers=buffers,
-                                  tokenizer=conv.tokenizer, source=source,
-                                  source_file=source_file, processing=flags,
-                                  conversion_version=CONVERSION_VERSION, info=info)
-            if not written:
-                entry = None
-        if use_cache and entry is not None and conv.tokenizer is not None:
-            tokenizer = load_tokenizer(entry / "tokenizer", conv.tokenizer.bos_token is not None)
-        else:
-            tokenizer = _as_tl_tokenizer(conv.tokenizer)
-        log.info("converted %s in %.1fs", source.name, time.perf_counter() - t0)
+        cfg, state, tokenizer, info, written = _convert_and_cache(
+            source, processing, entry if use_cache else None, source_file)
+        entry = entry if written else None
     model = build(cfg, state, dtype=dtype, device=place)
     del state
     if n_devices > 1:
@@ -161,6 +145,31 @@ def load_model(
         "from_cache": got is not None,
     }
     return model
+
+
+def _convert_and_cache(source: Source, processing: Processing, entry: Path | None,
+                       source_file: Path | None):
+    """The cold path: convert, write the entry (when ``entry``), and the TL tokenizer.
+
+    Returns:
+        ``(cfg, float32 CPU state, tokenizer, info, written)``.
+    """
+    t0 = time.perf_counter()
+    conv = convert_source(source, _source_path(source), processing)
+    cfg, info = conv.cfg, conv.info
+    buffers = buffer_names(cfg)
+    state = _unshared_layout(conv.state, buffers)
+    conv.state = None
+    written = entry is not None and write_entry(
+        entry, cfg=cfg, state=state, buffers=buffers, tokenizer=conv.tokenizer, source=source,
+        source_file=source_file, processing=dataclasses.asdict(processing),
+        conversion_version=CONVERSION_VERSION, info=info)
+    if written and conv.tokenizer is not None:
+        tokenizer = load_tokenizer(entry / "tokenizer", conv.tokenizer.bos_token is not None)
+    else:
+        tokenizer = _as_tl_tokenizer(conv.tokenizer)
+    log.info("converted %s in %.1fs", source.name, time.perf_counter() - t0)
+    return cfg, state, tokenizer, info, written
 
 
 def _source_path(source: Source) -> Path | None:

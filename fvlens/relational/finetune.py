@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.forward import forward_last
 from fvlens.plan import extract_vectors
 from fvlens.hooks import HookList, frozen_parameters, hook_name
