@@ -87,7 +87,9 @@ def table(results: dict) -> tuple[list[dict], dict]:
             rows.append({"task": name, "skipped": t["skipped"]})
             continue
         row = {"task": name, "n": t.get("n"), "zero_shot": t.get("zero_shot_top1"),
-               mode: t.get(f"{mode}_top1"), "flags": t.get("flags", [])}
+               "zero_shot_ci95": t.get("zero_shot_top1_ci95"),
+               mode: t.get(f"{mode}_top1"), f"{mode}_ci95": t.get(f"{mode}_top1_ci95"),
+               "flags": t.get("flags", [])}
         fmt = t.get("answer_format")
         if fmt:
             row["answer_format"] = fmt["chosen"]
@@ -96,6 +98,7 @@ def table(results: dict) -> tuple[list[dict], dict]:
             s = t.get("steered", {}).get(m, {}).get(i)
             if s:
                 row[f"{m}/{i}"] = s["top1"]
+                row[f"{m}/{i}_ci95"] = s.get("top1_ci95")
                 row[f"{m}/{i}@"] = s.get("layer") if i == "fv" else s.get("scale")
         ks = t.get("k_sweep") or {}
         for m in ks:
@@ -133,6 +136,35 @@ def failures(results: dict) -> dict:
     return out
 
 
+def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson interval of a proportion p of n (fvlens.results.wilson_interval)."""
+    k = round(p * n) / n
+    denom = 1 + z * z / n
+    centre = (k + z * z / (2 * n)) / denom
+    half = z * np.sqrt(k * (1 - k) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def acceptance(baseline: dict, tasks=("capitalize", "antonym", "singular-plural"),
+               threshold: float = 0.3, need: int = 2) -> dict:
+    """Issue 13's baseline acceptance: instruction top-1 >= threshold on >= need of tasks."""
+    per = {}
+    for name in tasks:
+        t = baseline.get("tasks", {}).get(name)
+        if t is None or t.get("skipped"):
+            continue
+        per[name] = {k: t.get(k) for k in ("n", "zero_shot_top1", "zero_shot_top1_ci95",
+                                           "icl_top1", "icl_top1_ci95", "instruction_top1",
+                                           "instruction_top1_ci95") if k in t}
+        for mode in ("zero_shot", "icl", "instruction"):
+            if f"{mode}_top1" in per[name] and f"{mode}_top1_ci95" not in per[name]:
+                per[name][f"{mode}_top1_ci95"] = list(_wilson(per[name][f"{mode}_top1"],
+                                                             per[name]["n"]))
+    met = [n for n, r in per.items() if (r.get("instruction_top1") or 0) >= threshold]
+    return {"threshold": threshold, "need": need, "tasks": per, "met_on": met,
+            "holds": len(met) >= need}
+
+
 def head_maps(results: dict, out_dir: Path, name: str) -> list[str]:
     """PNG snapshots of the AIE vs AttnLRP head-location maps (global heads: one map)."""
     import sys
@@ -167,6 +199,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="summary JSON to write")
     ap.add_argument("--figures", default=None, help="folder for the head-map PNGs")
     ap.add_argument("--name", default="run", help="figure name stem")
+    ap.add_argument("--baseline", default=None,
+                    help="a results.json of fvlens baseline (issue 13's acceptance check)")
     args = ap.parse_args()
     results = json.loads(Path(args.results).read_text())
     rows, avg = table(results)
@@ -174,6 +208,10 @@ def main() -> None:
                "settings": results["settings"], "seconds": results.get("seconds"),
                "global_tasks": results.get("global_tasks"), "rows": rows, "averages": avg,
                "bootstrap": bootstrap(results), "failures": failures(results)}
+    if args.baseline:
+        base = json.loads(Path(args.baseline).read_text())
+        summary["baseline"] = {"source": args.baseline, "settings": base.get("settings"),
+                               "seconds": base.get("seconds"), **acceptance(base)}
     if args.figures:
         out = Path(args.figures)
         out.mkdir(parents=True, exist_ok=True)
