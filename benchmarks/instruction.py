@@ -136,7 +136,7 @@ def failures(results: dict) -> dict:
     return out
 
 
-def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+def _wilson(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson interval of a proportion p of n (fvlens.results.wilson_interval)."""
     k = round(p * n) / n
     denom = 1 + z * z / n
