@@ -136,6 +136,36 @@ def failures(results: dict) -> dict:
     return out
 
 
+def compare_runs(a: dict, b: dict, *, seed: int = 0, n_boot: int = N_BOOT) -> dict:
+    """Paired bootstrap of run ``a`` minus run ``b`` per combination (e.g. global vs per-task
+    heads), on the test queries both kept (same tasks, seed and reference prompts)."""
+    ta, tb = _tasks(a), _tasks(b)
+    rng = np.random.default_rng(seed)
+    out: dict = {"n_boot": n_boot, "combinations": {}}
+    for m, i in COMBOS:
+        key, per_task, boots = f"{m}/{i}", {}, []
+        for n in sorted(ta.keys() & tb.keys()):
+            pa, pb = ta[n]["per_query"], tb[n]["per_query"]
+            if key not in pa or key not in pb:
+                continue
+            if pa["zero_shot"] != pb["zero_shot"]:
+                raise ValueError(f"{n}: the runs kept different test queries; compare runs "
+                                 "with the same tasks, seed and prompts")
+            d = _correct(pa[key]) - _correct(pb[key])
+            sample = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+            boots.append(sample)
+            per_task[n] = {"diff": float(d.mean()), "n": int(len(d)),
+                           "ci95": [float(np.quantile(sample, 0.025)),
+                                    float(np.quantile(sample, 0.975))]}
+        if boots:
+            avg = np.mean(boots, axis=0)
+            out["combinations"][key] = {
+                "per_task": per_task,
+                "mean_over_tasks": float(np.mean([v["diff"] for v in per_task.values()])),
+                "mean_ci95": [float(np.quantile(avg, 0.025)), float(np.quantile(avg, 0.975))]}
+    return out
+
+
 def _wilson(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """95% Wilson interval of a proportion p of n (fvlens.results.wilson_interval)."""
     k = round(p * n) / n
@@ -201,6 +231,8 @@ def main() -> None:
     ap.add_argument("--name", default="run", help="figure name stem")
     ap.add_argument("--baseline", default=None,
                     help="a results.json of fvlens baseline (issue 13's acceptance check)")
+    ap.add_argument("--compare", default=None,
+                    help="another run's results.json: paired bootstrap of this run minus it")
     args = ap.parse_args()
     results = json.loads(Path(args.results).read_text())
     rows, avg = table(results)
@@ -212,6 +244,11 @@ def main() -> None:
         base = json.loads(Path(args.baseline).read_text())
         summary["baseline"] = {"source": args.baseline, "settings": base.get("settings"),
                                "seconds": base.get("seconds"), **acceptance(base)}
+    if args.compare:
+        other = json.loads(Path(args.compare).read_text())
+        summary["compare"] = {"minus": args.compare,
+                              "minus_settings": other["settings"],
+                              **compare_runs(results, other)}
     if args.figures:
         out = Path(args.figures)
         out.mkdir(parents=True, exist_ok=True)
