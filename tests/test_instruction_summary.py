@@ -51,3 +51,17 @@ def test_paired_bootstrap_of_a_constant_difference_is_exact():
     assert 0.0 < lo < 0.25 < hi < 0.5
     assert c["share_of_draws_above_0"] > 0.99
     assert out["contrasts"]["dfv-fv (attnlrp)"]["mean_over_tasks"] == 0.0
+
+
+def test_compare_runs_is_paired_and_refuses_other_queries():
+    def run(dfv):
+        return {"tasks": {"t": {"per_query": {"zero_shot": [3] * 4, "aie/fv": [0, 0, 3, 3],
+                                              "aie/dfv": dfv}}}}
+    out = summary.compare_runs(run([0, 0, 0, 3]), run([0, 3, 3, 3]), n_boot=500)
+    assert out["combinations"]["aie/fv"]["mean_over_tasks"] == 0.0
+    assert out["combinations"]["aie/fv"]["mean_ci95"] == [0.0, 0.0]
+    assert out["combinations"]["aie/dfv"]["per_task"]["t"]["diff"] == pytest.approx(0.5)
+    other = run([0] * 4)
+    other["tasks"]["t"]["per_query"]["zero_shot"] = [0, 3, 3, 3]
+    with pytest.raises(ValueError, match="different test queries"):
+        summary.compare_runs(run([0] * 4), other)
