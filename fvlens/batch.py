@@ -29,16 +29,46 @@ TOKENS_PER_PASS = 1600
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Template:
-    """How a pair is written. ``answer_prefix`` goes before every answer, demonstrated or not."""
+    """How a pair is written.
+
+    A zero-shot or instruction prompt is ``chat_prefix + [instruction + instruction_suffix] +
+    query.format(x=…) + chat_suffix + forced_prefix``; its answer is ``answer_prefix + y``
+    (``answer_prefix`` also goes before every demonstrated answer in ICL prompts).
+
+    Attributes:
+        query: the query line; must contain ``{x}``.
+        answer_prefix: written before every answer, demonstrated or expected (``" "``: the
+            answer follows ``A:`` after a space; ``""`` in a chat turn).
+        demo_suffix: after each ICL demonstration.
+        instruction_suffix: between the instruction and the query.
+        chat_prefix, chat_suffix: the model's chat template around the user turn's content
+            (from ``fvlens.chat.chat_template``; both empty without one). ``chat_suffix``
+            ends where the assistant's reply starts.
+        forced_prefix: text the prompt ends with before the answer, e.g. the start of the
+            assistant's reply (``"The answer is:"``); empty by default.
+        name: a label recorded in results ("none", or the answer format's name).
+    """
 
     query: str = "Q: {x}\nA:"
     answer_prefix: str = " "
     demo_suffix: str = "\n\n"
     instruction_suffix: str = "\n"
+    chat_prefix: str = ""
+    chat_suffix: str = ""
+    forced_prefix: str = ""
+    name: str = "none"
 
     def __post_init__(self) -> None:
         if "{x}" not in self.query:
             raise ValueError(f"Template.query must contain '{{x}}', got {self.query!r}")
+
+    @property
+    def chat(self) -> bool:
+        """Whether prompts are wrapped in a chat template."""
+        return bool(self.chat_prefix or self.chat_suffix)
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
 
 
 DEFAULT_TEMPLATE = Template()
@@ -85,6 +115,8 @@ class PromptBatch:
             a corrupted batch); empty for zero-shot and instruction prompts.
         instructions: per row, the instruction text as shown (None without one).
         template: how the rows were written.
+        answers: per row, every token id of the expected answer (``answer_prefix + y``
+            tokenized on its own; the first is ``targets[i]``); default ``(targets[i],)``.
     """
 
     tokens: Int[Tensor, "batch pos"]
@@ -99,6 +131,7 @@ class PromptBatch:
     demonstrations: tuple[tuple[Pair, ...], ...] | None = None
     instructions: tuple[str | None, ...] | None = None
     template: Template = DEFAULT_TEMPLATE
+    answers: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]
@@ -116,10 +149,16 @@ class PromptBatch:
             object.__setattr__(self, "demonstrations", ((),) * n)
         if self.instructions is None:
             object.__setattr__(self, "instructions", (None,) * n)
-        for name in ("demonstrations", "instructions"):
+        if self.answers is None:
+            object.__setattr__(self, "answers", tuple((int(t),) for t in self.targets))
+        for name in ("demonstrations", "instructions", "answers"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"PromptBatch.{name} has {len(getattr(self, name))} rows, "
                                  f"tokens has {n}")
+        for i, (answer, target) in enumerate(zip(self.answers, self.targets.tolist())):
+            if not answer or answer[0] != target:
+                raise ValueError(f"PromptBatch.answers[{i}] = {answer} must start with the "
+                                 f"row's target {target}")
 
     @classmethod
     def from_rows(cls, rows: Sequence[Sequence[int]], targets: Sequence[int], *, kind: str,
@@ -129,7 +168,8 @@ class PromptBatch:
                   contexts: Sequence[Sequence[int]] | None = None,
                   demonstrations: Sequence[tuple[Pair, ...]] | None = None,
                   instructions: Sequence[str | None] | None = None,
-                  template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
+                  template: Template = DEFAULT_TEMPLATE,
+                  answers: Sequence[Sequence[int]] | None = None) -> PromptBatch:
         """A batch from unpadded token rows; ``frames``/``contexts`` are unpadded positions.
 
         Args:
@@ -137,8 +177,8 @@ class PromptBatch:
             targets: the target token id of each row.
             kind: the batch kind (see the class docstring).
             pad_id: padding token.
-            texts, queries, frames, contexts, demonstrations, instructions: per-row metadata;
-                missing ones default to empty values.
+            texts, queries, frames, contexts, demonstrations, instructions, answers: per-row
+                metadata; missing ones default to empty values (answers: the target alone).
         """
         n = len(rows)
         tokens, mask = pad_left(rows, pad_id)
@@ -158,7 +198,9 @@ class PromptBatch:
                    pad_id=pad_id,
                    demonstrations=tuple(demonstrations) if demonstrations is not None else None,
                    instructions=tuple(instructions) if instructions is not None else None,
-                   template=template)
+                   template=template,
+                   answers=tuple(tuple(int(t) for t in a) for a in answers)
+                   if answers is not None else None)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -194,8 +236,8 @@ class PromptBatch:
         if not batches:
             raise ValueError("concat needs at least one batch")
         picks = rows if rows is not None else [range(len(b)) for b in batches]
-        ids, targets, texts, queries, frames, contexts, demos, instructions = \
-            [], [], [], [], [], [], [], []
+        ids, targets, texts, queries, frames, contexts, demos, instructions, answers = \
+            [], [], [], [], [], [], [], [], []
         for b, pick in zip(batches, picks):
             for i in pick:
                 ids.append(b.row_ids(i))
@@ -206,13 +248,15 @@ class PromptBatch:
                 contexts.append(b._unpadded(b.context_positions, i))
                 demos.append(b.demonstrations[i])
                 instructions.append(b.instructions[i])
+                answers.append(b.answers[i])
         if not ids:
             raise ValueError("no rows selected: a PromptBatch needs at least one row")
         first = batches[0]
         return PromptBatch.from_rows(ids, targets, kind=first.kind, pad_id=first.pad_id,
                                      texts=texts, queries=queries, frames=frames,
                                      contexts=contexts, demonstrations=demos,
-                                     instructions=instructions, template=first.template)
+                                     instructions=instructions, template=first.template,
+                                     answers=answers)
 
     def to(self, device: str | torch.device) -> PromptBatch:
         """The batch with its tensors on ``device``."""

@@ -3,9 +3,16 @@
 ``run`` prepares every task once (``fvlens.plan.prepare_task``), scores heads per method
 (optionally averaged into global heads), then evaluates on the test split: only the test
 queries the reference prompt (ICL, or instruction in instruction mode) answers correctly count
-(Todd et al.). One unsteered pass over those zero-shot queries keeps a residual cache from
-which every steered evaluation (FV at its layer, DFV from its lowest head, the K sweep)
-resumes. Returns a typed ``fvlens.results.RunResult``; ``steer_report`` is ``fvlens steer``.
+(Todd et al.). One unsteered pass over those zero-shot queries keeps their prefix keys and
+values and the last token's residual before every block (``fvlens.lastpos``), from which every
+steered evaluation (FV at its layer, DFV from its lowest head, the K sweep) recomputes only the
+last token. Returns a typed ``fvlens.results.RunResult``; ``steer_report`` is ``fvlens steer``.
+
+With ``targets="full"`` the test numbers score whole answers (teacher-forced,
+``fvlens.evaluation.answer_evaluation``): each evaluation is one forward pass over prompt and
+answer with the vector's hooks restricted to the prompt (the validation sweeps that choose the
+FV layer and DFV scale stay first-token, on their residual cache). Every task records each
+kept test query's target rank per combination (``per_query``), for paired comparisons.
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ from fvlens.backend import is_bridge
 from fvlens.evaluation import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
-from fvlens.injection import ResidualCache, residual_cache, steered_evaluation
 from fvlens.modeltype import Model
+from fvlens.lastpos import StepCache, step_cache, steered
 from fvlens.plan import (DEFAULT_TASKS, INJECTIONS, RunConfig, TaskPlan, build_vectors,
-                         extract_vectors, prepare_task, reference_prompts, score_task)
+                         extract_vectors, prepare_task, score_task)
 from fvlens.prompts import instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.provenance import machine, versions
 from fvlens.results import Accuracy, Failure, RunResult, Steered, TaskResult
@@ -51,14 +58,15 @@ def _failures(model: Model, queries, ev: Evaluation, n: int) -> tuple[Failure, .
     return tuple(rows)
 
 
-def _flags(res_n: int, zero_shot: float, n_multi: int) -> tuple[str, ...]:
+def _flags(res_n: int, zero_shot: float, n_multi: int, targets: str = "first"
+           ) -> tuple[str, ...]:
     flags = []
     if res_n < MIN_N:
         flags.append(f"small test set: {res_n} queries (< {MIN_N}); intervals are wide")
     if zero_shot >= MAX_ZERO_SHOT:
         flags.append(f"zero-shot already answers {zero_shot:.2f} (≥ {MAX_ZERO_SHOT}) of the "
                      "kept queries: steering has little to show")
-    if n_multi:
+    if n_multi and targets == "first":
         flags.append(f"{n_multi} of the targets are several tokens; only the first is scored")
     return tuple(flags)
 
@@ -72,17 +80,16 @@ def run_task(model: Model, plan: TaskPlan, scores: dict[str, HeadScores],
             vector files (``fvlens.vectors``): ``{task}/{method}_{fv|dfv|scores}.safetensors``.
     """
     task = plan.task
-    reference = reference_prompts(model, task, plan.test_queries, plan.train_pool, cfg,
-                                  seed=cfg.seed)
-    ref_ev = evaluate(model, reference)
+    reference = plan.reference(model, plan.test_queries, cfg, seed=cfg.seed)
+    ref_ev = evaluate(model, reference, targets=cfg.targets)
     baselines = {cfg.prompt_mode: Accuracy.of(ref_ev)}
     if cfg.prompt_mode == "icl" and task.instructions:
         ins = instruction_prompts(model, task, plan.test_queries, seed=cfg.seed)
-        baselines["instruction"] = Accuracy.of(evaluate(model, ins))
+        baselines["instruction"] = Accuracy.of(evaluate(model, ins, targets=cfg.targets))
     keep = ref_ev.correct.nonzero()[:, 0].tolist()
     common = dict(n_test=len(plan.test_queries), n=len(keep),
                   mean_activation_prompts=len(plan.clean),
-                  mean_activation_accuracy=plan.clean_accuracy)
+                  mean_activation_accuracy=plan.clean_accuracy, extra=_plan_record(plan, cfg))
     if not keep:
         fix = ("the model may not follow these instructions: try --prompt-mode icl or an "
                "instruction-tuned model" if cfg.prompt_mode == "instruction"
@@ -91,37 +98,83 @@ def run_task(model: Model, plan: TaskPlan, scores: dict[str, HeadScores],
                           skipped=f"the {cfg.prompt_mode} prompt answers none of the "
                                   f"{len(plan.test_queries)} test queries correctly; {fix}")
     queries = [plan.test_queries[i] for i in keep]
-    zs = zero_shot_prompts(model, queries)
-    cache = residual_cache(model, zs)
-    baselines["zero_shot"] = Accuracy.of(cache.unsteered)
-    n_multi = target_ids(model, [q.output for q in queries])[1]
+    zs = zero_shot_prompts(model, queries, template=plan.template)
+    test = _Test(model, zs, cfg.targets)
+    baselines["zero_shot"] = Accuracy.of(test.unsteered)
+    n_multi = target_ids(model, [q.output for q in queries], template=plan.template)[1]
+    per_query = {"inputs": [q.input for q in queries],
+                 "zero_shot": test.unsteered.ranks.tolist()}
     steered, heads, k_sweep = {}, {}, {}
     for method, sc in scores.items():
         top = sc.top_k(cfg.k)
         fv, lsweep, dfv, scale, ssweep = build_vectors(model, plan, top, cfg)
         res = {}
         if "fv" in cfg.inject:
-            ev = steered_evaluation(model, cache, start=fv.layer + 1, vector=fv.vector)
+            ev = test.fv(fv)
             res["fv"] = Steered(accuracy=Accuracy.of(ev), layer=fv.layer, layer_sweep=lsweep,
                                 failures=_failures(model, queries, ev, cfg.n_failures))
+            per_query[f"{method}/fv"] = ev.ranks.tolist()
         if "dfv" in cfg.inject:
-            ev = steered_evaluation(model, cache, start=dfv.first_layer(model),
-                                    fwd_hooks=dfv.hooks(scale=scale))
+            ev = test.dfv(dfv, scale)
             res["dfv"] = Steered(accuracy=Accuracy.of(ev), scale=scale, scale_sweep=ssweep,
                                  failures=_failures(model, queries, ev, cfg.n_failures))
+            per_query[f"{method}/dfv"] = ev.ranks.tolist()
         steered[method], heads[method] = res, tuple(top)
         if vectors_dir is not None:
             _save_vectors(model, vectors_dir / task.name, method, sc, fv, dfv, scale, cfg)
         if cfg.k_sweep:
-            k_sweep[method] = _k_sweep(model, plan, sc, cache, fv.layer, scale, cfg)
+            k_sweep[method] = _k_sweep(model, plan, sc, test, fv.layer, scale, cfg)
     overlap = None
     if len(scores) >= 2:
         a, b = (scores[m] for m in cfg.select[:2])
         overlap = a.overlap(b, cfg.k)
+    common["extra"]["per_query"] = per_query
     return TaskResult(baselines=baselines, **common, steered=steered, heads=heads,
                       head_scores=dict(scores), k_sweep=k_sweep, head_overlap=overlap,
                       n_multi_token_targets=n_multi,
-                      flags=_flags(len(keep), cache.unsteered.top1, n_multi))
+                      flags=_flags(len(keep), test.unsteered.top1, n_multi, cfg.targets))
+
+
+class _Test:
+    """Steered evaluations of the kept test queries: the last token recomputed on one
+    last-token cache (first-token targets), or full passes with prompt-restricted hooks
+    (whole answers)."""
+
+    def __init__(self, model: Model, batch, targets: str) -> None:
+        self.model, self.batch, self.targets = model, batch, targets
+        if targets == "first":
+            self.cache: StepCache | None = step_cache(model, batch)
+            self.unsteered = self.cache.unsteered
+        else:
+            self.cache = None
+            self.unsteered = evaluate(model, batch, targets=targets)
+
+    def fv(self, fv: FunctionVector, layer: int | None = None) -> Evaluation:
+        layer = fv.layer if layer is None else layer
+        if self.cache is not None:
+            return steered(self.model, self.cache, start=layer + 1, vector=fv.vector)
+        return evaluate(self.model, self.batch, fwd_hooks=fv.hooks(layer), targets=self.targets)
+
+    def dfv(self, dfv: DistributedFV, scale: float) -> Evaluation:
+        if self.cache is not None:
+            return steered(self.model, self.cache, start=dfv.first_layer(self.model),
+                           fwd_hooks=dfv.hooks(scale=scale))
+        return evaluate(self.model, self.batch, fwd_hooks=dfv.hooks(scale=scale),
+                        targets=self.targets)
+
+
+def _plan_record(plan: TaskPlan, cfg: RunConfig) -> dict:
+    """What the plan chose for an instruction-mode task (results.json, per task)."""
+    out: dict = {}
+    if cfg.prompt_mode == "instruction":
+        out["template"] = plan.template.to_json()
+        out["instructions_used"] = [i.text for i in plan.instructions]
+    if plan.answer_format is not None:
+        out["answer_format"] = plan.answer_format.to_json()
+    if plan.instruction_filter is not None:
+        out["instruction_filter"] = plan.instruction_filter.to_json()
+        out["scoring_samples"] = len(plan.scoring)
+    return out
 
 
 def _save_vectors(model: Model, folder: Path, method: str, scores: HeadScores,
@@ -136,20 +189,18 @@ def _save_vectors(model: Model, folder: Path, method: str, scores: HeadScores,
                     meta=common | {"scale": scale})
 
 
-def _k_sweep(model: Model, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
+def _k_sweep(model: Model, plan: TaskPlan, sc: HeadScores, test: _Test,
              layer: int, scale: float, cfg: RunConfig) -> dict[str, dict[int, float]]:
     """Test top-1 for each K at the layer and scale chosen for the default K."""
     out: dict[str, dict[int, float]] = {inj: {} for inj in cfg.inject}
     for k in cfg.k_sweep:
         heads = sc.top_k(k)
         if "fv" in cfg.inject:
-            fv = FunctionVector.from_heads(model, plan.mean_z, heads)
-            out["fv"][k] = steered_evaluation(model, cache, start=layer + 1,
-                                              vector=fv.vector).top1
+            out["fv"][k] = test.fv(FunctionVector.from_heads(model, plan.mean_z, heads),
+                                   layer).top1
         if "dfv" in cfg.inject:
-            dfv = DistributedFV.from_heads(model, plan.mean_z, heads)
-            out["dfv"][k] = steered_evaluation(model, cache, start=dfv.first_layer(model),
-                                               fwd_hooks=dfv.hooks(scale=scale)).top1
+            out["dfv"][k] = test.dfv(DistributedFV.from_heads(model, plan.mean_z, heads),
+                                     scale).top1
     return out
 
 
@@ -229,8 +280,10 @@ def run_settings(model: Model, cfg: RunConfig) -> dict:
 def _globalise(scores: dict[str, dict[str, HeadScores]], plans: dict[str, TaskPlan],
                cfg: RunConfig) -> tuple[dict[str, dict[str, HeadScores]], tuple[str, ...]]:
     """One head set for all tasks: scores averaged over the tasks where the reference prompt
-    beats chance (accuracy on the mean-activation prompts ≥ ``cfg.global_min_icl``)."""
-    include = [n for n, p in plans.items() if p.clean_accuracy >= cfg.global_min_icl]
+    beats chance (accuracy on the mean-activation prompts ≥ ``cfg.global_min_icl``, or the
+    instruction filter passed)."""
+    include = [n for n, p in plans.items() if p.clean_accuracy >= cfg.global_min_icl
+               or p.instruction_filter is not None]  # a filtered task passed the filter
     if not include:
         raise ValueError(f"no task reaches {cfg.prompt_mode} accuracy "
                          f"{cfg.global_min_icl}; lower global_min_icl or use per-task heads")

@@ -8,7 +8,10 @@ demonstrations with their labels deranged (ICL, Todd et al. 2024), or the instru
 by unrelated words of the same token length (Davidson et al.).
 
 Default template (Todd et al. 2024): ``Q: {x}\\nA: {y}\\n\\n`` per demonstration, then
-``Q: {x_query}\\nA:``; the target is the first token of ``" " + y``.
+``Q: {x_query}\\nA:``; the target is the first token of ``" " + y``. A template with a chat
+wrapping (``fvlens.chat.chat_template``) puts instruction and zero-shot prompts in the model's
+user turn and expects the answer to start the assistant's reply; the corrupted twin of an
+instruction prompt replaces the instruction inside the same wrapping.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "corrupted",
     "derangement",
     "target_ids",
+    "answer_ids",
     "tokenize",
     "pad_token_id",
 ]
@@ -38,36 +42,49 @@ __all__ = [
 Parts = list[tuple[str, str | None]]  # (text piece, role: "frame" | "context" | None)
 
 
-def tokenize(model: Model, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of ``text``, with BOS when the model expects one."""
+def tokenize(model: Model, text: str, *, bos: bool = True
+             ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text``, with BOS when the model expects one
+    (and ``bos``: a chat template writes its own special tokens, so its prompts pass False).
+
+    Special tokens written in ``text`` (``<|im_start|>`` …) are read as those tokens.
+    """
     tok = model.tokenizer
     if tok is None:
         raise ValueError("the model has no tokenizer; build prompts from token ids yourself")
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    if model.cfg.default_prepend_bos and tok.bos_token_id is not None:
+    if bos and _adds_bos(model):
         ids, offsets = [tok.bos_token_id] + ids, [(0, 0)] + offsets
     return ids, offsets
+
+
+def answer_ids(model: Model, outputs: Sequence[str], *,
+               template: Template = DEFAULT_TEMPLATE) -> list[list[int]]:
+    """Every token id of each ``answer_prefix + output`` (tokenized on its own, as the model
+    would write it token by token after the prompt)."""
+    out = []
+    for y in outputs:
+        toks = model.tokenizer(template.answer_prefix + y, add_special_tokens=False)["input_ids"]
+        if not toks:
+            raise ValueError(f"output {y!r} tokenizes to nothing")
+        out.append(list(toks))
+    return out
 
 
 def target_ids(model: Model, outputs: Sequence[str], *,
                template: Template = DEFAULT_TEMPLATE) -> tuple[list[int], int]:
     """First token id of each ``answer_prefix + output``, and how many are multi-token."""
-    ids, multi = [], 0
-    for out in outputs:
-        toks = model.tokenizer(template.answer_prefix + out, add_special_tokens=False)["input_ids"]
-        if not toks:
-            raise ValueError(f"output {out!r} tokenizes to nothing")
-        ids.append(toks[0])
-        multi += len(toks) > 1
-    return ids, multi
+    ids = answer_ids(model, outputs, template=template)
+    return [a[0] for a in ids], sum(len(a) > 1 for a in ids)
 
 
 def zero_shot_prompts(model: Model, queries: Task | Sequence[Pair], *,
                       template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
-    """``Q: {x}\\nA:`` for every query pair."""
+    """``Q: {x}\\nA:`` for every query pair (inside the template's chat wrapping, if any:
+    the user turn then holds the query alone)."""
     qs = _pairs(queries)
-    rows = [[(template.query.format(x=q.input), None)] for q in qs]
+    rows = [_wrap([(template.query.format(x=q.input), None)], template) for q in qs]
     return _build(model, rows, qs, "zero_shot", template)
 
 
@@ -86,6 +103,10 @@ def icl_prompts(model: Model, queries: Task | Sequence[Pair],
             the same demonstrations row for row, their labels deranged.
     """
     pool, qs = _pairs(demonstrations), _pairs(queries)
+    if template.chat or template.forced_prefix:
+        raise ValueError("ICL prompts are written without a chat template or forced prefix "
+                         "(demonstrations show the answer format themselves); pass a plain "
+                         "Template")
     if shots < 0:
         raise ValueError(f"shots must be ≥ 0, got {shots}")
     if len(pool) < shots + 1:
@@ -102,7 +123,7 @@ def instruction_prompts(model: Model, task: Task,
                         queries: Task | Sequence[Pair] | None = None, *,
                         instruction: int | Instruction | None = None, corrupt: bool = False,
                         seed: int = 0, template: Template = DEFAULT_TEMPLATE) -> PromptBatch:
-    """``{instruction}\\nQ: {x}\\nA:`` prompts.
+    """``{instruction}\\nQ: {x}\\nA:`` prompts (inside the template's chat wrapping, if any).
 
     Args:
         task: supplies the instructions (and the queries when ``queries`` is None).
@@ -124,7 +145,7 @@ def instruction_prompts(model: Model, task: Task,
         chosen = [instruction] * len(qs)
     else:
         chosen = [task.instructions[i % len(task.instructions)] for i in range(len(qs))]
-    rows = [_split_frames(ins.text, ins.frame) + _instruction_tail(q, template)
+    rows = [_instruction_parts(_split_frames(ins.text, ins.frame), q, template)
             for ins, q in zip(chosen, qs)]
     clean = _build(model, rows, qs, "instruction", template,
                    instructions=[ins.text for ins in chosen])
@@ -136,9 +157,9 @@ def corrupted(model: Model, clean: PromptBatch, *, seed: int = 0) -> PromptBatch
 
     ICL rows keep their query and their demonstrations in order; the demonstrations' labels
     are deranged so that no demonstration shows its own label (Todd et al. 2024, §2.2).
-    Instruction rows keep their query; the instruction becomes whole words drawn (seeded) from
-    the vocabulary's one-token lower-case words, as many as the instruction has tokens, so the
-    prompt keeps its token length (Davidson et al.).
+    Instruction rows keep their query and template (chat wrapping included); the instruction
+    becomes whole words drawn (seeded) from the vocabulary's one-token lower-case words, as
+    many as make the prompt exactly as many tokens long as its clean row (Davidson et al.).
 
     Args:
         clean: an ``icl`` or ``instruction`` batch from ``icl_prompts``/``instruction_prompts``.
@@ -160,12 +181,13 @@ def corrupted(model: Model, clean: PromptBatch, *, seed: int = 0) -> PromptBatch
                       demonstrations=demos)
     if clean.kind == "instruction":
         texts = []
-        for text in clean.instructions:
+        for i, (text, q) in enumerate(zip(clean.instructions, clean.queries)):
             if text is None:
                 raise ValueError("an instruction batch row has no instruction to corrupt")
             n_tokens = len(tokenize(model, text)[0]) - int(_adds_bos(model))
-            texts.append(_neutral_text(model, n_tokens, rng))
-        rows = [[(t, "context")] + _instruction_tail(q, template)
+            texts.append(_matched_neutral(model, q, template, n_tokens,
+                                          len(clean.row_ids(i)), rng))
+        rows = [_instruction_parts([(t, "context")], q, template)
                 for t, q in zip(texts, clean.queries)]
         return _build(model, rows, list(clean.queries), "instruction_corrupted", template,
                       instructions=texts)
@@ -215,8 +237,21 @@ def _adds_bos(model: Model) -> bool:
     return bool(model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None)
 
 
-def _instruction_tail(q: Pair, template: Template) -> Parts:
-    return [(template.instruction_suffix, "context"), (template.query.format(x=q.input), None)]
+def _wrap(parts: Parts, template: Template) -> Parts:
+    """``parts`` inside the template's chat wrapping, followed by its forced prefix."""
+    out: Parts = [(template.chat_prefix, None)] if template.chat_prefix else []
+    out += parts
+    tail = template.chat_suffix + template.forced_prefix
+    return out + [(tail, None)] if tail else out
+
+
+def _instruction_parts(instruction: Parts, q: Pair, template: Template) -> Parts:
+    return _wrap(instruction + [(template.instruction_suffix, "context"),
+                                (template.query.format(x=q.input), None)], template)
+
+
+def _text(parts: Parts) -> str:
+    return "".join(p for p, _ in parts)
 
 
 def _icl_parts(demos: Sequence[Pair], q: Pair, template: Template) -> Parts:
@@ -277,16 +312,35 @@ def _neutral_text(model: Model, n_tokens: int, rng: random.Random) -> str:
     return " ".join(rng.choice(words) for _ in range(max(n_tokens, 1)))
 
 
+def _matched_neutral(model: Model, q: Pair, template: Template, n_tokens: int,
+                     length: int, rng: random.Random) -> str:
+    """Neutral words that make ``q``'s instruction prompt exactly ``length`` tokens long.
+
+    Starts from ``n_tokens`` words and corrects the count by the difference (merges at the
+    instruction's edges, e.g. ``".\\n"`` in one token, can shift it by one); gives up after a
+    few tries with the last draw (the length then differs by the tokenizer's merges alone).
+    """
+    n = max(n_tokens, 1)
+    for _ in range(6):
+        text = _neutral_text(model, n, rng)
+        got = len(tokenize(model, _text(_instruction_parts([(text, "context")], q, template)),
+                           bos=not template.chat)[0])
+        if got == length or n + length - got < 1:
+            break
+        n += length - got
+    return text
+
+
 def _build(model: Model, rows: list[Parts], queries: list[Pair], kind: str,
            template: Template, *, demonstrations: Sequence[tuple[Pair, ...]] | None = None,
            instructions: Sequence[str | None] | None = None) -> PromptBatch:
     if not rows:
         raise ValueError("no queries to build prompts from")
-    targets, _ = target_ids(model, [q.output for q in queries], template=template)
+    answers = answer_ids(model, [q.output for q in queries], template=template)
     all_ids, texts, frames, contexts = [], [], [], []
     for parts in rows:
-        text = "".join(p for p, _ in parts)
-        ids, offsets = tokenize(model, text)
+        text = _text(parts)
+        ids, offsets = tokenize(model, text, bos=not template.chat)
         spans: dict[str, list[tuple[int, int]]] = {"frame": [], "context": []}
         pos = 0
         for piece, role in parts:
@@ -297,10 +351,11 @@ def _build(model: Model, rows: list[Parts], queries: list[Pair], kind: str,
         texts.append(text)
         frames.append(_positions(offsets, spans["frame"]))
         contexts.append(_positions(offsets, spans["frame"] + spans["context"]))
-    return PromptBatch.from_rows(all_ids, targets, kind=kind, pad_id=pad_token_id(model),
-                                 texts=texts, queries=queries, frames=frames, contexts=contexts,
+    return PromptBatch.from_rows(all_ids, [a[0] for a in answers], kind=kind,
+                                 pad_id=pad_token_id(model), texts=texts, queries=queries,
+                                 frames=frames, contexts=contexts,
                                  demonstrations=demonstrations, instructions=instructions,
-                                 template=template)
+                                 template=template, answers=answers)
 
 
 def pad_token_id(model: Model) -> int:

@@ -36,19 +36,24 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Accuracy:
-    """First-token accuracy of ``n`` queries: top-1, top-3 and the mean 0-based target rank."""
+    """Accuracy of ``n`` queries: top-1, top-3 and the mean 0-based target rank (of the first
+    answer token, or with whole-answer scoring the worst rank over the answer's tokens, and
+    then the mean log-probability of the whole answer)."""
 
     top1: float
     top3: float | None = None
     mean_rank: float | None = None
     n: int | None = None
+    mean_logprob: float | None = None
 
     @classmethod
     def of(cls, evaluation) -> Accuracy:
         """From an ``fvlens.evaluation.Evaluation``."""
+        lp = getattr(evaluation, "logprobs", None)
         return cls(top1=evaluation.top1, top3=evaluation.top3,
                    mean_rank=float(evaluation.ranks.float().mean()) if len(evaluation.ranks)
-                   else math.nan, n=len(evaluation.ranks))
+                   else math.nan, n=len(evaluation.ranks),
+                   mean_logprob=float(lp.mean()) if lp is not None and len(lp) else None)
 
     @property
     def ci95(self) -> tuple[float, float] | None:
@@ -59,7 +64,7 @@ class Accuracy:
 
     def to_json(self, prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {f"{prefix}top1": self.top1}
-        for key in ("top3", "mean_rank", "n"):
+        for key in ("top3", "mean_rank", "n", "mean_logprob"):
             if getattr(self, key) is not None:
                 out[f"{prefix}{key}"] = getattr(self, key)
         if self.ci95 is not None:
@@ -71,11 +76,13 @@ class Accuracy:
         if f"{prefix}top1" not in d:
             return None
         return cls(top1=d[f"{prefix}top1"], top3=d.get(f"{prefix}top3"),
-                   mean_rank=d.get(f"{prefix}mean_rank"), n=d.get(f"{prefix}n"))
+                   mean_rank=d.get(f"{prefix}mean_rank"), n=d.get(f"{prefix}n"),
+                   mean_logprob=d.get(f"{prefix}mean_logprob"))
 
     @staticmethod
     def keys(prefix: str = "") -> set[str]:
-        return {f"{prefix}{k}" for k in ("top1", "top3", "mean_rank", "n", "top1_ci95")}
+        return {f"{prefix}{k}" for k in ("top1", "top3", "mean_rank", "n", "top1_ci95",
+                                         "mean_logprob")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

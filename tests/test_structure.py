@@ -19,18 +19,18 @@ LEVELS = {
     "fvlens.tasks": 0, "fvlens._taskgen": 0, "fvlens._lazy": 0, "fvlens.provenance": 0, "fvlens.tables": 0,
     "fvlens.batch": 0, "fvlens.importers": 0, "fvlens.modeltype": 0,
     # 1: prompts
-    "fvlens.prompts": 1,
+    "fvlens.prompts": 1, "fvlens.chat": 1,
     # 2: models and hooks
     "fvlens.models": 2, "fvlens.hooks": 2, "fvlens.backend": 2,
     # 3: the forward core
-    "fvlens.forward": 3,
+    "fvlens.forward": 3, "fvlens.prefix": 3,
     # 4: what is computed from activations: heads, AttnLRP, vectors, generation
     "fvlens.activations": 4, "fvlens.heads": 4, "fvlens.lrp": 4, "fvlens.attnlrp": 4,
     "fvlens.steering": 4, "fvlens.generation": 4, "fvlens.vectors": 4,
     # 5: evaluation and injection sweeps
-    "fvlens.evaluation": 5, "fvlens.injection": 5,
+    "fvlens.evaluation": 5, "fvlens.injection": 5, "fvlens.instruct": 5, "fvlens.lastpos": 5,
     # 6: the run plan and the result types
-    "fvlens.plan": 6, "fvlens.results": 6,
+    "fvlens.plan": 6, "fvlens.results": 6, "fvlens.runconfig": 6,
     # 7: the jobs: the main job, analyses, relational studies, sweeps
     "fvlens.pipeline": 7, "fvlens.analyses": 7, "fvlens.relational": 7, "fvlens.sweep": 7,
     # 8: figures and reports

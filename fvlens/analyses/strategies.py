@@ -255,7 +255,7 @@ def run_strategies(model: Model, task: str | Task,
     vectors = build_strategies(model, contrast=contrast, mean_z=plan.mean_z,
                                head_scores=scores, strategies=cfg.strategies, k=cfg.k)
 
-    val, val_cache = plan.val, plan.val_cache
+    val, val_cache = plan.val, plan.residual_cache(model)
     ref = evaluate(model, icl_prompts(model, plan.test_queries, plan.train, shots=cfg.shots,
                                       seed=cfg.seed))
     keep = ref.correct.nonzero()[:, 0].tolist()

@@ -47,14 +47,22 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ValueError(f"--shots must be ≥ 0, got {args.shots}")
     modes = ("zero_shot", "icl", "instruction") if args.shots else ("zero_shot", "instruction")
     model = load_from_args(args)
+    from fvlens.chat import template_for
+
+    base = template_for(model, args.chat_template)
     results = {"model": args.model, "settings": {
         "shots": args.shots, "n_test": args.n_test, "seed": args.seed, "modes": list(modes),
-        "processing": model.fvlens_meta["processing"]},
+        "chat_template": args.chat_template, "answer_format": args.answer_format,
+        "targets": args.targets, "processing": model.fvlens_meta["processing"]},
         "versions": versions(), "machine": machine(), "tasks": {}}
     t0 = time.perf_counter()
     for task in tasks:
+        template, choice = _baseline_template(model, task, base, args)
         results["tasks"][task.name] = baseline(model, task, shots=args.shots, n_test=args.n_test,
-                                               seed=args.seed, modes=modes)
+                                               seed=args.seed, modes=modes, template=template,
+                                               targets=args.targets)
+        if choice is not None:
+            results["tasks"][task.name]["answer_format"] = choice.to_json()
         if out is not None:  # keep what is done if the run is stopped
             write_results(out, results)
     results["seconds"] = time.perf_counter() - t0
@@ -65,6 +73,23 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"wrote {write_results(out, results)}")
     return 0
+
+
+BASELINE_VAL = 25  # training queries the answer format of a chat template is chosen on
+
+
+def _baseline_template(model, task, base, args):
+    """The baseline's template of a task: with a chat template, the answer format chosen on
+    ``BASELINE_VAL`` training queries (the test split is never used to choose)."""
+    if not base.chat or not task.instructions:
+        return base, None
+    from fvlens.instruct import choose_answer_format
+
+    train, _ = task.split(seed=args.seed)
+    val = train.sample(min(BASELINE_VAL, len(train)), seed=args.seed).pairs
+    choice = choose_answer_format(model, task, val, base, targets=args.targets,
+                                  fixed=args.answer_format, compare_plain=False, seed=args.seed)
+    return choice.template, choice
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -78,7 +103,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         tasks=tuple(csv(args.tasks)), prompt_mode=args.prompt_mode,
         select=tuple(csv(args.select)), inject=tuple(csv(args.inject)), k=args.k,
         k_sweep=args.k_sweep, heads=args.heads, shots=args.shots, n_samples=args.samples,
-        n_test=args.n_test, seed=args.seed, aie_impl=args.aie_impl, frame=args.frame)
+        n_test=args.n_test, seed=args.seed, aie_impl=args.aie_impl, frame=args.frame,
+        chat_template=args.chat_template, answer_format=args.answer_format,
+        targets=args.targets, min_correct=args.min_correct,
+        n_instructions=args.instructions, samples_per_instruction=args.samples_per_instruction,
+        n_val=args.n_val, n_failures=args.n_failures)
     for t in cfg.tasks:  # fail before the model loads
         load_task(t)
     out = output_dir(args.out)
@@ -228,6 +257,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_instruction_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--chat-template", default="none", choices=["none", "auto"],
+                   help="instruction prompts in the tokenizer's own chat template (auto) or "
+                        "plain (default: %(default)s)")
+    s.add_argument("--answer-format", default="auto",
+                   help="with a chat template: how the answer starts the reply, 'bare', "
+                        "'forced:A:' or 'forced:The answer is:'; auto chooses on validation")
+    s.add_argument("--targets", default="first", choices=["first", "full"],
+                   help="score the answer's first token, or every token of it teacher-forced "
+                        "(default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fvlens", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shots", type=int, default=10)
     s.add_argument("--n-test", type=positive_int, default=50, help="test queries per task")
     s.add_argument("--seed", type=int, default=0)
+    _add_instruction_args(s)
     s.add_argument("--out", default=None, help="directory for results.json")
     s.set_defaults(func=cmd_baseline)
 
@@ -264,6 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aie-impl", default="fast", choices=["fast", "reference"])
     s.add_argument("--frame", default="answers", choices=["answers", "context"],
                    help="AttnLRP frame in ICL prompts")
+    _add_instruction_args(s)
+    s.add_argument("--min-correct", type=int, default=0,
+                   help="instruction filter (Pham et al.: 20): keep an instruction only when "
+                        "its prompts answer this many training queries correctly (0: off)")
+    s.add_argument("--instructions", type=int, default=0,
+                   help="kept instructions a task needs under the filter (Pham et al.: 5; "
+                        "0: all of the task's)")
+    s.add_argument("--samples-per-instruction", type=int, default=0,
+                   help="head-scoring samples per kept instruction (Pham et al.: 5; 0: "
+                        "--samples in all)")
+    s.add_argument("--n-val", type=positive_int, default=25,
+                   help="validation queries (FV layer, DFV scale, answer format)")
+    s.add_argument("--n-failures", type=int, default=10,
+                   help="wrong answers kept per task and combination in results.json")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/latest")
     s.add_argument("--save-vectors", action="store_true",
