@@ -148,10 +148,11 @@ def summarize(qualities: Sequence[VectorQuality]) -> dict:
     rows = [q.to_json() for q in qualities]
     failing = {q.name: q.reason for q in qualities if not q.passes}
     reasons: dict[str, int] = {}
-    for r in failing.values():
-        reasons[r] = reasons.get(r, 0) + 1
+    for q in qualities:
+        if not q.passes:
+            reasons[q.reason] = reasons.get(q.reason, 0) + 1
     ratios = sorted({q.ratio for q in qualities})
-    return {"n": len(rows), "n_pass": len(rows) - len(failing),
+    return {"n": len(rows), "n_pass": sum(q.passes for q in qualities),
             "ratio": ratios[0] if len(ratios) == 1 else ratios,
             "passing": [q.name for q in qualities if q.passes], "failing": failing,
             "reasons": reasons, "rows": rows}
