@@ -12,7 +12,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
-from fvlens.forward import forward_last, map_chunks
+from fvlens.forward import forward_last, map_chunks, token_budget
 from fvlens.hooks import hook_name
 
 __all__ = ["last_token_head_activations", "mean_head_activations", "mean_of_correct"]
@@ -47,7 +47,7 @@ def last_token_head_activations(
         correct = logits.argmax(-1).cpu() == chunk.targets
         return torch.stack(store, dim=1), correct  # type: ignore[arg-type]
 
-    parts = map_chunks(batch, run, batch_size=batch_size)
+    parts = map_chunks(batch, run, batch_size=batch_size, tokens_per_pass=token_budget(model))
     return torch.cat([z for z, _ in parts]), torch.cat([c for _, c in parts])
 
 

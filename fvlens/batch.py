@@ -221,11 +221,14 @@ class PromptBatch:
                                    targets=self.targets.to(device))
 
 
-def auto_batch_size(batch: PromptBatch, batch_size: int | None) -> int:
-    """``batch_size`` if given, else rows of ``batch``'s width that fit ``TOKENS_PER_PASS``
-    (between 4 and 64): short zero-shot prompts run in few passes, long ICL ones in more."""
+def auto_batch_size(batch: PromptBatch, batch_size: int | None, *,
+                    tokens_per_pass: int = TOKENS_PER_PASS) -> int:
+    """``batch_size`` if given, else the rows of ``batch``'s width that fit ``tokens_per_pass``
+    (at least 4; at most 64 at the CPU budget, 1024 with a larger one): short zero-shot prompts
+    run in few passes, long ICL ones in more."""
     if batch_size is not None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         return batch_size
-    return max(4, min(64, TOKENS_PER_PASS // max(1, batch.tokens.shape[1])))
+    most = 64 if tokens_per_pass <= TOKENS_PER_PASS else 1024
+    return max(4, min(most, tokens_per_pass // max(1, batch.tokens.shape[1])))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch
-from fvlens.forward import forward_last, map_chunks, ranks_of
+from fvlens.forward import forward_last, map_chunks, ranks_of, token_budget
 from fvlens.hooks import HookFn, check_hook_names
 from fvlens.prompts import icl_prompts, instruction_prompts, target_ids, zero_shot_prompts
 from fvlens.tasks import Task
@@ -42,7 +42,8 @@ def last_logits(model: HookedTransformer, batch: PromptBatch, *,
     check_hook_names(model, fwd_hooks)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         out = map_chunks(batch, lambda c: forward_last(model, c.tokens, c.attention_mask)
-                         .float().cpu(), batch_size=batch_size)
+                         .float().cpu(), batch_size=batch_size,
+                         tokens_per_pass=token_budget(model))
     return torch.cat(out)
 
 

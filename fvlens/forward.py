@@ -24,10 +24,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from fvlens.batch import PromptBatch, auto_batch_size
+from fvlens.batch import TOKENS_PER_PASS, PromptBatch, auto_batch_size
 
 __all__ = ["run_to", "resume", "final_logits", "forward_last", "map_chunks", "ranks_of",
-           "check_length"]
+           "check_length", "token_budget"]
 
 T = TypeVar("T")
 
@@ -110,18 +110,34 @@ def ranks_of(logits: Float[Tensor, "batch vocab"], targets: Int[Tensor, " batch"
     return (logits > target_logit).sum(-1)
 
 
+def token_budget(model: HookedTransformer) -> int:
+    """Tokens per forward pass: ``TOKENS_PER_PASS`` on the CPU; on a GPU, what a quarter of its
+    free memory holds at an estimated cost per token (every layer's residual kept in float32,
+    plus the widest activations of one block in the model's dtype)."""
+    device = torch.device(model.cfg.device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return TOKENS_PER_PASS
+    free, _ = torch.cuda.mem_get_info(device)
+    cfg = model.cfg
+    width = max(cfg.d_model, cfg.d_mlp or 0, cfg.n_heads * cfg.d_head)
+    per_token = 4 * (cfg.n_layers + 1) * cfg.d_model + 4 * model.W_U.element_size() * width
+    return int(min(1 << 17, max(TOKENS_PER_PASS, 0.25 * free / per_token)))
+
+
 def map_chunks(batch: PromptBatch, fn: Callable[[PromptBatch], T], *,
-               batch_size: int | None = None) -> list[T]:
+               batch_size: int | None = None, tokens_per_pass: int = TOKENS_PER_PASS
+               ) -> list[T]:
     """``fn`` over consecutive chunks of ``batch``, one result per chunk.
 
     Args:
         batch: the prompts.
         fn: called with each chunk (a ``PromptBatch``).
-        batch_size: rows per chunk; None sizes chunks by a token budget
-            (``fvlens.batch.auto_batch_size``). On an out-of-memory error the chunk is split in
-            half and retried, down to one row.
+        batch_size: rows per chunk; None sizes chunks by ``tokens_per_pass``
+            (``fvlens.batch.auto_batch_size``; ``token_budget(model)`` adapts it to a GPU's
+            free memory). On an out-of-memory error the chunk is halved and retried, down to one
+            row.
     """
-    size = auto_batch_size(batch, batch_size)
+    size = auto_batch_size(batch, batch_size, tokens_per_pass=tokens_per_pass)
     out: list[T] = []
     start = 0
     while start < len(batch):

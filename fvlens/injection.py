@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch, auto_batch_size
 from fvlens.evaluate import Evaluation, evaluation_from_logits
-from fvlens.forward import final_logits, resume
+from fvlens.forward import final_logits, resume, token_budget
 from fvlens.hooks import HookList, hook_name
 
 __all__ = ["ResidualCache", "residual_cache", "steered_evaluation", "layer_sweep",
@@ -62,7 +62,8 @@ def residual_cache(model: HookedTransformer, batch: PromptBatch, *,
         batch_size: rows per pass; None sizes passes by tokens (``fvlens.batch``).
     """
     n = model.cfg.n_layers
-    chunks = batch.chunks(auto_batch_size(batch, batch_size))
+    size = auto_batch_size(batch, batch_size, tokens_per_pass=token_budget(model))
+    chunks = batch.chunks(size)
     resid, logits = [], []
     for chunk in chunks:
         store: list[Tensor | None] = [None] * (n + 1)

@@ -11,6 +11,7 @@ resumes. Returns a typed ``fvlens.results.RunResult``; ``steer_report`` is ``fvl
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from fvlens.results import Accuracy, Failure, RunResult, Steered, TaskResult
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import load_task
 
-__all__ = ["RunConfig", "DEFAULT_TASKS", "INJECTIONS", "run", "run_task", "extract_vectors",
+__all__ = ["RunConfig", "DEFAULT_TASKS", "INJECTIONS", "run", "run_task", "run_settings",
+           "extract_vectors",
            "steer_report", "STEER_INJECT", "MIN_N", "MAX_ZERO_SHOT"]
 
 MIN_N = 20            # fewer kept test queries than this: the task is flagged "small test set"
@@ -130,7 +132,8 @@ def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: Re
 
 
 def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
-        on_task: Callable[[RunResult], None] | None = None) -> RunResult:
+        on_task: Callable[[RunResult], None] | None = None,
+        done: dict[str, TaskResult] | None = None) -> RunResult:
     """The main job over ``cfg.tasks``.
 
     Args:
@@ -139,16 +142,23 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
         progress: show progress bars.
         on_task: called with the results so far after each finished task (e.g. to write
             results.json as the run goes).
+        done: results of tasks already finished with the same settings (``--resume``); they
+            are kept as they are and not run again (per-task heads only).
 
     Returns:
         The run's results (``.to_json()`` is results.json).
     """
     cfg.check_model(model)
+    done = dict(done or {})
+    if done and cfg.heads == "global":
+        raise ValueError("resuming needs per-task heads: global heads average the scores of "
+                         "every task, so a resumed run would change them; rerun from scratch")
     tasks = [load_task(t) for t in cfg.tasks]
     meta = getattr(model, "fvlens_meta", {})
     result = RunResult(model=meta.get("name", model.cfg.model_name),
-                       settings=dataclasses.asdict(cfg) | {"processing": meta.get("processing")},
-                       versions=versions(), machine=machine())
+                       settings=run_settings(model, cfg), versions=versions(), machine=machine(),
+                       tasks={t.name: done[t.name] for t in tasks if t.name in done})
+    tasks = [t for t in tasks if t.name not in done]
     t_start = time.perf_counter()
     plans: dict[str, TaskPlan] = {}
     scores: dict[str, dict[str, HeadScores]] = {}
@@ -179,6 +189,15 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
         t["samples_per_min"] = 60 * t["samples"] / t["seconds"] if t["seconds"] else None
     return dataclasses.replace(result, timing=timing, seconds=time.perf_counter() - t_start,
                                global_tasks=global_tasks)
+
+
+def run_settings(model: HookedTransformer, cfg: RunConfig) -> dict:
+    """The ``settings`` of results.json: every ``RunConfig`` field, the weight processing, and
+    the model's dtype and device."""
+    meta = getattr(model, "fvlens_meta", {})
+    extra = {"processing": meta.get("processing"), "dtype": meta.get("dtype"),
+             "device": str(model.cfg.device)}
+    return json.loads(json.dumps(dataclasses.asdict(cfg) | extra))
 
 
 def _globalise(scores: dict[str, dict[str, HeadScores]], plans: dict[str, TaskPlan],

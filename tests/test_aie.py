@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from families import padded_batch
 
 from fvlens.activations import last_token_head_activations, mean_head_activations
 from fvlens.heads.aie import (_indirect_effects_kv_cache, _shared_prefix_supported,
                               indirect_effects, indirect_effects_fast,
                               indirect_effects_reference)
 from fvlens.hooks import assert_no_hooks
-from fvlens.prompts import PromptBatch
-from fvlens.tasks import Pair
+from fvlens.batch import PromptBatch
 
 # Fast and reference compute the same function with different batch shapes and summation
 # order (einsum over recorded keys vs TransformerLens's attention): float32 round-off only.
@@ -19,17 +19,7 @@ FAST_VS_REFERENCE_ATOL = 1e-6
 
 
 def random_batch(n: int = 3, lengths=(7, 5, 9), vocab: int = 50, seed: int = 0) -> PromptBatch:
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    tokens = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros(n, width, dtype=torch.long)
-    for i, length in enumerate(lengths[:n]):
-        tokens[i, width - length:] = torch.randint(1, vocab, (length,), generator=g)
-        mask[i, width - length:] = 1
-    return PromptBatch(tokens=tokens, attention_mask=mask,
-                       targets=torch.randint(1, vocab, (n,), generator=g),
-                       texts=("",) * n, queries=(Pair(input="a", output="b"),) * n,
-                       frame_positions=((),) * n, context_positions=((),) * n, kind="icl")
+    return padded_batch(tuple(lengths[:n]), vocab=vocab, seed=seed)
 
 
 def test_fast_equals_reference(tiny_model):

@@ -31,3 +31,17 @@ def test_registered_handlers_are_the_modules_own():
     assert build_parser().parse_args(["frames", "--task", "antonym", "--out", "x"]).func is cmd_frames
     args = build_parser().parse_args(["finetune", "--task", "antonym", "--out", "x"])
     assert args.func is cmd_finetune
+
+
+def test_every_model_subcommand_has_the_model_options():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    loading = [name for name, p in sub.choices.items()
+               if any("--model" in a.option_strings for a in p._actions)]
+    assert set(loading) >= {"baseline", "run", "steer", "finetune", "similarity", "analogies",
+                            "strategies", "transfer", "frames"}
+    for name in loading:
+        opts = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert {"--device", "--dtype", "--n-devices"} <= opts, name
+    args = parser.parse_args(["run", "--device", "cpu", "--dtype", "bfloat16"])
+    assert (args.device, args.dtype, args.n_devices) == ("cpu", "bfloat16", 1)

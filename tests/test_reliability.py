@@ -139,3 +139,79 @@ def test_unknown_hook_name_in_evaluate(tiny_tok_model):
 def test_target_outside_the_vocabulary():
     with pytest.raises(ValueError, match=r"target ids must be in \[0, 5\)"):
         evaluation_from_logits(torch.zeros(2, 5), torch.tensor([1, 7]))
+
+
+# --- long runs keep what is done ---------------------------------------------------------
+
+
+def _finished_run(model, tmp_path, **cfg_fields):
+    from fvlens.pipeline import run_settings
+    from fvlens.plan import RunConfig
+    from fvlens.results import Accuracy, RunResult, Steered, TaskResult
+
+    cfg = RunConfig(tasks=("antonym",), k=4, shots=2, n_samples=2, n_test=4, **cfg_fields)
+    done = TaskResult(n_test=4, n=3, baselines={"zero_shot": Accuracy(top1=0.0, n=3)},
+                      steered={"aie": {"fv": Steered(accuracy=Accuracy(top1=2 / 3, n=3),
+                                                     layer=1)}})
+    previous = RunResult(model="smollm2-135m", settings=run_settings(model, cfg),
+                         tasks={"antonym": done})
+    out = tmp_path / "o"
+    write_results(out, previous.to_json())
+    return out
+
+
+def test_resume_keeps_finished_tasks(tiny_cli_model, tmp_path, monkeypatch, capsys):
+    import fvlens.pipeline
+
+    out = _finished_run(tiny_cli_model, tmp_path)
+    monkeypatch.setattr(fvlens.pipeline, "prepare_task",
+                        lambda *a, **k: pytest.fail("a finished task was run again"))
+    assert main(["run", "--tasks", "antonym", "--k", "4", "--shots", "2", "--samples", "2",
+                 "--n-test", "4", "--out", str(out), "--resume"]) == 0
+    assert "1 finished task(s) kept" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["tasks"]["antonym"]["steered"]["aie"]["fv"]["top1"] == pytest.approx(2 / 3)
+
+
+def test_resume_refuses_other_settings(tiny_cli_model, tmp_path, capsys):
+    out = _finished_run(tiny_cli_model, tmp_path)
+    assert main(["run", "--tasks", "antonym", "--k", "5", "--shots", "2", "--samples", "2",
+                 "--n-test", "4", "--out", str(out), "--resume"]) == 2
+    assert "different: k" in _error(capsys)
+
+
+# --- memory: batch sizes from a token budget, halved on out-of-memory ---------------------
+
+
+def test_chunks_are_halved_on_out_of_memory(tiny_tok_model):
+    from fvlens.forward import map_chunks
+
+    batch = zero_shot_prompts(tiny_tok_model, load_task("antonym").pairs[:10])
+    sizes = []
+
+    def fn(chunk):
+        sizes.append(len(chunk))
+        if len(chunk) > 3:
+            raise torch.OutOfMemoryError("simulated")
+        return len(chunk)
+
+    assert sum(map_chunks(batch, fn, batch_size=8)) == 10
+    assert sizes[:3] == [8, 4, 2] and all(s <= 3 for s in sizes[2:])
+
+
+def test_token_budget_on_a_gpu_follows_free_memory(tiny_tok_model, monkeypatch):
+    from fvlens.batch import TOKENS_PER_PASS, auto_batch_size
+    from fvlens.forward import token_budget
+
+    assert token_budget(tiny_tok_model) == TOKENS_PER_PASS  # CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 30, 16 << 30))
+    monkeypatch.setattr(tiny_tok_model.cfg, "device", "cuda")
+    big = token_budget(tiny_tok_model)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 << 20, 16 << 30))
+    assert token_budget(tiny_tok_model) == TOKENS_PER_PASS  # never below the CPU budget
+    assert big == 1 << 17  # capped: a tiny model on 8 GiB free
+    batch = zero_shot_prompts(tiny_tok_model, load_task("antonym").pairs[:4])
+    width = batch.tokens.shape[1]
+    assert auto_batch_size(batch, None) == max(4, min(64, TOKENS_PER_PASS // width))
+    assert auto_batch_size(batch, None, tokens_per_pass=big) == min(1024, big // width)

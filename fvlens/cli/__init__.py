@@ -8,64 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fvlens.cli.common import (add_model_args, csv, int_list, load_from_args, output_dir,
+                               positive_int)
 from fvlens.provenance import write_results
 from fvlens.tables import format_table
 
 __all__ = ["main"]
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated integers ≥ 1 (empty allowed)."""
-    try:
-        values = tuple(int(t) for t in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers ≥ 1 such as 10,40; got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be ≥ 1; got {text!r}")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def output_dir(path: str | Path) -> Path:
-    """Check that ``path`` is (or can become) a writable directory, before any work is done.
-
-    Raises:
-        ValueError: the path is a file, cannot be created, or is not writable.
-    """
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory (results.json and "
-                         "report.html are written into it)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".fvlens-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--out {out} is not a writable directory ({err.strerror or err}); "
-                         "choose another path") from None
-    return out
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -82,11 +35,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from fvlens.evaluate import baseline
-    from fvlens.models import load_model
     from fvlens.provenance import machine, versions
     from fvlens.tasks import list_tasks, load_task
 
-    names = list_tasks() if args.tasks == "all" else _csv(args.tasks)
+    names = list_tasks() if args.tasks == "all" else csv(args.tasks)
     if not names:
         raise ValueError("--tasks is empty: name tasks (see `fvlens tasks`) or use 'all'")
     tasks = [load_task(t) for t in names]
@@ -94,7 +46,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.shots < 0:
         raise ValueError(f"--shots must be ≥ 0, got {args.shots}")
     modes = ("zero_shot", "icl", "instruction") if args.shots else ("zero_shot", "instruction")
-    model = load_model(args.model)
+    model = load_from_args(args)
     results = {"model": args.model, "settings": {
         "shots": args.shots, "n_test": args.n_test, "seed": args.seed, "modes": list(modes),
         "processing": model.fvlens_meta["processing"]},
@@ -118,25 +70,29 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from fvlens.models import load_model
-    from fvlens.pipeline import run
+    from fvlens.pipeline import run, run_settings
     from fvlens.plan import RunConfig
     from fvlens.tasks import load_task
 
     cfg = RunConfig(
-        tasks=tuple(_csv(args.tasks)), prompt_mode=args.prompt_mode,
-        select=tuple(_csv(args.select)), inject=tuple(_csv(args.inject)), k=args.k,
+        tasks=tuple(csv(args.tasks)), prompt_mode=args.prompt_mode,
+        select=tuple(csv(args.select)), inject=tuple(csv(args.inject)), k=args.k,
         k_sweep=args.k_sweep, heads=args.heads, shots=args.shots, n_samples=args.samples,
         n_test=args.n_test, seed=args.seed, aie_impl=args.aie_impl, frame=args.frame)
     for t in cfg.tasks:  # fail before the model loads
         load_task(t)
     out = output_dir(args.out)
-    model = load_model(args.model)
+    previous = _previous_run(out) if args.resume else None
+    model = load_from_args(args)
+    done = {}
+    if previous is not None:
+        done = _resumable(previous, args.model, run_settings(model, cfg))
+        print(f"resuming: {len(done)} finished task(s) kept from {out / 'results.json'}")
 
     def save(partial) -> None:
         write_results(out, dataclasses.replace(partial, model=args.model).to_json())
 
-    result = dataclasses.replace(run(model, cfg, on_task=save), model=args.model)
+    result = dataclasses.replace(run(model, cfg, on_task=save, done=done), model=args.model)
     print(_summary_table(result))
     print(f"wrote {write_results(out, result.to_json())}")
     from fvlens.report import write_report
@@ -148,6 +104,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  {n}: {why}" for n, why in skipped.items()), file=sys.stderr)
         return 1
     return 0
+
+
+def _previous_run(out: Path):
+    """The RunResult in ``out/results.json`` (None when there is none)."""
+    from fvlens.results import RunResult
+
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return RunResult.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--resume: {path} is not a readable results file ({err}); use another "
+                         "--out or drop --resume") from None
+
+
+def _resumable(previous, model: str, settings: dict) -> dict:
+    """The finished (not skipped) tasks of a previous run made with the same model and
+    settings; a ValueError naming what differs otherwise."""
+    differs = sorted(k for k in set(settings) | set(previous.settings)
+                     if k != "tasks" and settings.get(k) != previous.settings.get(k))
+    if previous.model != model:
+        differs.insert(0, "model")
+    if differs:
+        raise ValueError(f"--resume: the results in --out were made with other settings "
+                         f"(different: {', '.join(differs)}); use another --out or drop --resume")
+    return {n: t for n, t in previous.tasks.items()
+            if not t.skipped and n in settings["tasks"]}
 
 
 def _summary_table(result) -> str:
@@ -180,12 +164,11 @@ def _summary_table(result) -> str:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.pipeline import steer_report
     from fvlens.tasks import load_task
 
     load_task(args.task)  # fail before the model loads
-    model = load_model(args.model)
+    model = load_from_args(args)
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
     rep = steer_report(model, prompt, task=args.task, select=args.select, inject=args.inject,
                        k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -218,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tasks)
 
     s = sub.add_parser("baseline", help="zero-shot, ICL and instruction accuracy per task")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--tasks", default="capitalize,present-past,country-capital",
                    help="task names or paths, or 'all' for every built-in task")
     s.add_argument("--shots", type=int, default=10)
-    s.add_argument("--n-test", type=_positive_int, default=50, help="test queries per task")
+    s.add_argument("--n-test", type=positive_int, default=50, help="test queries per task")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="directory for results.json")
     s.set_defaults(func=cmd_baseline)
@@ -230,30 +213,33 @@ def build_parser() -> argparse.ArgumentParser:
     from fvlens.tasks import DEFAULT_TASKS
 
     s = sub.add_parser("run", help="the main job: select heads, build FV/DFV, evaluate, report")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     s.add_argument("--prompt-mode", default="icl", choices=["icl", "instruction"])
     s.add_argument("--select", default="aie", help="aie, attnlrp or both: aie,attnlrp")
     s.add_argument("--inject", default="fv,dfv")
-    s.add_argument("--k", type=_positive_int, default=20, help="heads per vector")
-    s.add_argument("--k-sweep", type=_int_list, default=(),
+    s.add_argument("--k", type=positive_int, default=20, help="heads per vector")
+    s.add_argument("--k-sweep", type=int_list, default=(),
                    help="extra K values to evaluate, e.g. 10,40")
     s.add_argument("--heads", default="per-task", choices=["per-task", "global"])
     s.add_argument("--shots", type=int, default=10)
-    s.add_argument("--samples", type=_positive_int, default=25,
+    s.add_argument("--samples", type=positive_int, default=25,
                    help="head-scoring samples per task")
-    s.add_argument("--n-test", type=_positive_int, default=50)
+    s.add_argument("--n-test", type=positive_int, default=50)
     s.add_argument("--aie-impl", default="fast", choices=["fast", "reference"])
     s.add_argument("--frame", default="answers", choices=["answers", "context"],
                    help="AttnLRP frame in ICL prompts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/latest")
+    s.add_argument("--resume", action="store_true",
+                   help="keep the finished tasks of DIR/results.json (same model and settings) "
+                        "and run only the others")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("steer", help="continue a prompt with and without a task's vector")
     s.add_argument("prompt", help=r"the prompt; \n escapes are decoded (e.g. 'Q: cat\nA:')")
     s.add_argument("--task", required=True)
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--select", default="aie", choices=["aie", "attnlrp"])
     s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
     s.add_argument("--k", type=int, default=20)

@@ -15,14 +15,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fvlens.cli.common import add_model_args, csv, load_from_args
 from fvlens.provenance import write_results
 from fvlens.tables import format_table
 
 __all__ = ["add_parsers", "cmd_strategies", "cmd_transfer", "cmd_frames", "main"]
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _provenance(model, model_name: str, settings: dict) -> dict:
@@ -49,16 +46,15 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     from fvlens.analyses.depth import depth_summary
     from fvlens.analyses.figures import cosine_heatmap, layer_curves, scale_curves, strategy_bars
     from fvlens.analyses.strategies import StrategyConfig, run_strategies
-    from fvlens.models import load_model
     from fvlens.tasks import load_task
 
-    cfg = StrategyConfig(strategies=tuple(_csv(args.strategies)), k=args.k, shots=args.shots,
+    cfg = StrategyConfig(strategies=tuple(csv(args.strategies)), k=args.k, shots=args.shots,
                          n_mean=args.n_mean, n_samples=args.samples, n_val=args.n_val,
-                         n_test=args.n_test, scales=tuple(float(s) for s in _csv(args.scales)),
+                         n_test=args.n_test, scales=tuple(float(s) for s in csv(args.scales)),
                          common_layer=args.common_layer if args.common_layer == "fv"
                          else int(args.common_layer), seed=args.seed)
-    tasks = [load_task(t) for t in _csv(args.tasks)]  # fail before the model loads
-    model = load_model(args.model)
+    tasks = [load_task(t) for t in csv(args.tasks)]  # fail before the model loads
+    model = load_from_args(args)
     results = _provenance(model, args.model, dataclasses.asdict(cfg)) | {"tasks": {}}
     out = Path(args.out)
     tensors, heads = {}, {}
@@ -110,7 +106,7 @@ def _add_strategies(sub) -> None:
 
     s = sub.add_parser("strategies", help="compare task-vector extraction strategies "
                        "(head FV, mean difference, PCA, gradient heads) per layer")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--tasks", default="capitalize,present-past")
     s.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help=f"comma list from {','.join(STRATEGIES)}")
@@ -160,16 +156,15 @@ def _load_vectors(folder: Path, strategy: str, tasks: Sequence[str]) -> dict:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from fvlens.analyses.strategies import extract_vector
     from fvlens.analyses.transfer import transfer_heatmaps, transfer_matrix
-    from fvlens.models import load_model
     from fvlens.tasks import load_task
 
-    tasks = {t: load_task(t) for t in _csv(args.tasks)}
+    tasks = {t: load_task(t) for t in csv(args.tasks)}
     if len(tasks) < 2:
         raise ValueError("transfer needs at least two tasks: --tasks a,b[,…]")
     vectors, sweeps = {}, {}
     if args.vectors:
         vectors = _load_vectors(Path(args.vectors), args.strategy, list(tasks))
-    model = load_model(args.model)
+    model = load_from_args(args)
     t0 = time.perf_counter()
     if not args.vectors:
         for name, task in tasks.items():
@@ -203,7 +198,7 @@ def _add_transfer(sub) -> None:
 
     s = sub.add_parser("transfer", help="cross-task transfer matrix: task A's vector in "
                        "zero-shot prompts of task B")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--tasks", default="capitalize,present-past,singular-plural,"
                    "choose_first_of_3,lowercase_first_letter,capitalize_first_letter,antonym")
     s.add_argument("--strategy", default="fv_gradient",
@@ -228,20 +223,19 @@ def _add_transfer(sub) -> None:
 def cmd_frames(args: argparse.Namespace) -> int:
     from fvlens.analyses.frames import (FrameConfig, compare_frames, frame_figure,
                                         following_survey)
-    from fvlens.models import load_model
     from fvlens.tasks import load_task
 
     cfg = FrameConfig(criterion=args.criterion, mode=args.mode, max_size=args.max_size,
                       n_candidates=args.candidates, n_queries=args.n_queries, k=args.k,
                       n_val=args.n_val, n_test=args.n_test, seed=args.seed)
     specs = [(t.split(":")[0], t.split(":")[1] if ":" in t else args.instruction)
-             for t in _csv(args.task)]
+             for t in csv(args.task)]
     tasks = [load_task(name) for name, _ in specs]
     for task in tasks:
         if not task.instructions:
             raise ValueError(f"task {task.name!r} has no instructions to search frames in")
-    survey_tasks = [load_task(t) for t in _csv(args.survey)] if args.survey else []
-    model = load_model(args.model)
+    survey_tasks = [load_task(t) for t in csv(args.survey)] if args.survey else []
+    model = load_from_args(args)
     t0 = time.perf_counter()
     results = _provenance(model, args.model, dataclasses.asdict(cfg)) | {"frames": {}}
     out = Path(args.out)
@@ -290,7 +284,7 @@ def cmd_frames(args: argparse.Namespace) -> int:
 def _add_frames(sub) -> None:
     s = sub.add_parser("frames", help="automatic intensional frames: the instruction tokens "
                        "whose removal breaks the task (AttnLRP-ranked greedy search)")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--task", default="capitalize",
                    help="task name(s), comma-separated; name:i searches instruction i only")
     s.add_argument("--instruction", default="all",

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from fvlens.cli.common import add_model_args, load_from_args
 from fvlens.provenance import write_results
 
 __all__ = ["add_parsers", "cmd_finetune", "cmd_similarity", "cmd_analogies"]
@@ -61,7 +62,6 @@ def _add_finetune_options(s: argparse.ArgumentParser, *, steps: int = 60) -> Non
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.relational.decoding import relation_word_rank
     from fvlens.relational.comparison import held_out_comparison
     from fvlens.relational.finetune import save_vector
@@ -71,7 +71,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     cfg = _finetune_cfg(args, inject=args.inject, init=args.init, k=args.k, n_test=args.n_test,
                         shots=args.shots)
-    model = load_model(args.model)
+    model = load_from_args(args)
     t0 = time.perf_counter()
     also = () if args.no_compare else ("random_init", "finetuned_other")
     res = held_out_comparison(model, task, cfg, also=also)
@@ -121,12 +121,11 @@ def _pass_line(q: dict) -> str:
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.relational.ratings import read_ratings
     from fvlens.relational.similarity_study import run_similarity
 
     rows = read_ratings(args.ratings)
-    model = load_model(args.model)
+    model = load_from_args(args)
     cfg = _finetune_cfg(args, init=args.init, inject="fv", target=args.target,
                         val_fraction=0.25, n_val=args.n_val, test_fraction=0.2, n_test=None)
     t0 = time.perf_counter()
@@ -186,7 +185,6 @@ def _print_analogies(label: str, res: dict) -> None:
 
 
 def cmd_analogies(args: argparse.Namespace) -> int:
-    from fvlens.models import load_model
     from fvlens.relational.analogies import CONDITIONS, AnalogyConfig, evaluate_analogies
     from fvlens.relational.bank import RelationBank, build_bank
     from fvlens.relational.composite import CompositeConfig
@@ -214,7 +212,7 @@ def cmd_analogies(args: argparse.Namespace) -> int:
                         val_fraction=args.val_fraction, seed=args.seed,
                         taus=tuple(float(t) for t in args.taus.split(",")),
                         ms=tuple(int(m) for m in args.ms.split(",")), n_boot=args.n_boot)
-    model = load_model(args.model)
+    model = load_from_args(args)
     t0 = time.perf_counter()
     if not any(bank_dir.glob("*.safetensors")):
         tasks = ITEM_RELATIONS if args.build_bank == "default" else args.build_bank.split(",")
@@ -255,7 +253,7 @@ def add_parsers(subparsers) -> None:
     """Register ``finetune``, ``similarity`` and ``analogies`` on ``fvlens``'s subparsers."""
     s = subparsers.add_parser("finetune", help="fine-tune a task's FV/DFV on a few pairs and "
                               "compare with extracted, random-init, zero-shot and ICL")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--task", required=True)
     s.add_argument("--init", default="aie", choices=["aie", "attnlrp", "zeros", "random"])
     s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
@@ -271,7 +269,7 @@ def add_parsers(subparsers) -> None:
 
     s = subparsers.add_parser("similarity", help="relation vectors vs human relation-"
                               "similarity ratings (Chen, Peterson & Griffiths 2017)")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--ratings", required=True, help="mean-ratings CSV")
     s.add_argument("--relations", type=int, default=None,
                    help="relation subtypes used (seeded subset; default all)")
@@ -291,7 +289,7 @@ def add_parsers(subparsers) -> None:
 
     s = subparsers.add_parser("analogies", help="A:B::C:? with composite FVs over a bank of "
                               "fine-tuned relation vectors, and baselines")
-    s.add_argument("--model", default="smollm2-135m")
+    add_model_args(s)
     s.add_argument("--items", default=None,
                    help="comma list of .jsonl (SAT style) or .csv (A,B,C,D[,D_foil]) files; "
                         "default tasks/analogies.jsonl,tasks/analogies_hard.jsonl")
