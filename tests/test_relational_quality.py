@@ -27,6 +27,11 @@ def test_pass_rule():
     assert passes(0.1, 0.0) and passes(0.2, 0.9, ratio=0.2)
     with pytest.raises(ValueError, match="ratio"):
         passes(0.5, 0.5, ratio=-1.0)
+    graded = _q(0.0, 0.1, val_top5=0.3, icl_top5=0.5, metric="top5")
+    assert graded.passes and not _q(0.0, 0.1, val_top5=0.3, icl_top5=0.5).passes
+    assert _q(0.0, 0.1, val_top5=0.2, icl_top5=0.5, metric="top5").reason == "below_icl"
+    with pytest.raises(ValueError, match="val_top5"):
+        _q(0.0, 0.1, metric="top5")
 
 
 def test_diagnosis_names_the_most_basic_cause():
@@ -101,3 +106,23 @@ def test_bootstrap_intervals():
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference(ones, x[:5])
     assert mean_ci([1.0])["ci95"] is None
+
+
+@pytest.mark.slow
+def test_capitalize_vector_passes_on_the_embedded_model(smollm):
+    """A zeros-start FV at layer 10, 12 full-batch steps: capitalize is a relation the model
+    does in context, and its vector reaches at least half the ICL reference on validation;
+    the cached-prefix scores equal a full forward pass on the real model too."""
+    from fvlens.prompts import zero_shot_prompts
+    from fvlens.relational.objective import score_vector
+
+    cfg = FinetuneConfig(init="zeros", layer=10, steps=12, pairs=12, batch_size=12, n_val=12,
+                         n_test=12)
+    (f,) = fit_relations(smollm, ["capitalize"], cfg, candidates="10", progress=False)
+    assert f.quality.icl_top1 >= 0.5 and f.quality.passes, f.quality.to_json()
+    _, val, _ = split_pairs(load_task("capitalize"), cfg)
+    fast = score_vector(smollm, f.result.vector, val)
+    ev = evaluate(smollm, zero_shot_prompts(smollm, val), fwd_hooks=f.result.vector.hooks())
+    assert fast.first_top1.tolist() == ev.correct.tolist()
+    assert abs(float(fast.first_top1.float().mean()) - f.quality.val_top1) < 1e-6
+    assert_no_hooks(smollm)

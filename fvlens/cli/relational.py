@@ -36,6 +36,9 @@ def _add_quality_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--pass-ratio", type=float, default=0.5,
                    help="a relation vector passes when its validation top-1 is ≥ this × the "
                         "ICL top-1 on the same queries (and > 0)")
+    s.add_argument("--pass-metric", default="top1", choices=["top1", "top5"],
+                   help="what the pass rule compares: top-1, or first-token top-5 (graded, "
+                        "for relations with many right answers)")
     s.add_argument("--candidates", default="default",
                    help="settings tried per relation, chosen on validation: comma list of "
                         "layers and 'screen' (ICL task-vector start at its best layer); "
@@ -108,16 +111,19 @@ def _quality_table(rows: list[dict]) -> str:
     from fvlens.tables import format_table
 
     table = [{"relation": r["name"], "layer": r["layer"], "val_top1": r["val_top1"],
-              "icl_top1": r["icl_top1"], "n_val": r["n_val"], "train_top1": r["train_top1"],
+              "icl_top1": r["icl_top1"], "val_top5": r["val_top5"], "icl_top5": r["icl_top5"],
+              "n_val": r["n_val"], "train_top1": r["train_top1"],
               "test_top1": r["test_top1"] if r["test_top1"] is not None else "",
               "pass": "yes" if r["passes"] else "no", "reason": r["reason"]} for r in rows]
-    return format_table(table, ["relation", "layer", "val_top1", "icl_top1", "n_val",
-                                "train_top1", "test_top1", "pass", "reason"])
+    return format_table(table, ["relation", "layer", "val_top1", "icl_top1", "val_top5",
+                                "icl_top5", "n_val", "train_top1", "test_top1", "pass",
+                                "reason"])
 
 
 def _pass_line(q: dict) -> str:
-    return (f"{q['n_pass']} of {q['n']} relation vectors pass (validation top-1 ≥ "
-            f"{q['ratio']} × ICL top-1 on the same queries, and > 0)")
+    m = q.get("metric", "top1")
+    return (f"{q['n_pass']} of {q['n']} relation vectors pass (validation {m} ≥ "
+            f"{q['ratio']} × ICL {m} on the same queries, and > 0)")
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
@@ -132,7 +138,8 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     res, figs = run_similarity(
         model, rows, layer=args.layer, n_relations=args.relations, max_rows=args.max_rows,
         finetune_cfg=None if args.no_finetune else cfg, candidates=args.candidates,
-        pass_ratio=args.pass_ratio, icl_shots=args.icl_shots, n_perm=args.n_perm,
+        pass_ratio=args.pass_ratio, metric=args.pass_metric, icl_shots=args.icl_shots,
+        n_perm=args.n_perm,
         n_boot=args.n_boot, seed=args.seed)
     out = Path(args.out)
     from fvlens.plots import save
@@ -220,16 +227,16 @@ def cmd_analogies(args: argparse.Namespace) -> int:
             args, init=args.init, target=args.target, n_val=args.n_val,
             layer=args.layer if args.layer is not None
             else model.cfg.n_layers // 3), candidates=args.candidates,
-            pass_ratio=args.pass_ratio)
+            pass_ratio=args.pass_ratio, metric=args.pass_metric)
     bank = RelationBank.load(bank_dir)
-    passing = bank.passing(args.pass_ratio)
+    passing = bank.passing(args.pass_ratio, args.pass_metric)
     results = _provenance(args.model, {k: v for k, v in vars(args).items() if k != "func"}
                           | {"analogy_config": dataclasses.asdict(cfg)})
     if any(q is not None for q in bank.quality):
         from fvlens.relational.quality import summarize
 
-        q = summarize([dataclasses.replace(q, ratio=args.pass_ratio) for q in bank.quality
-                       if q is not None])
+        q = summarize([dataclasses.replace(q, ratio=args.pass_ratio, metric=args.pass_metric)
+                       for q in bank.quality if q is not None])
         results["quality"] = q
         print(_quality_table(q["rows"]))
         print(_pass_line(q))

@@ -23,7 +23,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from fvlens.batch import DEFAULT_TEMPLATE, Template, pad_left
-from fvlens.forward import final_logits, run_to
+from fvlens.forward import final_logits, ranks_of, run_to
 from fvlens.hooks import hook_name
 from fvlens.prompts import pad_token_id, tokenize
 
@@ -161,7 +161,7 @@ def answer_logits(model: HookedTransformer, batch: AnswerBatch, *, target: str =
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AnswerScores:
-    """Per row: summed log-probability, first-token top-1 and whole-answer exact match.
+    """Per row: summed log-probability, first-token top-1 and rank, whole-answer exact match.
 
     ``row_nll`` is each row's negative log-likelihood with its autograd graph (what
     fine-tuning minimises); ``nll`` their mean."""
@@ -170,6 +170,7 @@ class AnswerScores:
     first_top1: Bool[Tensor, " batch"]
     exact: Bool[Tensor, " batch"]
     row_nll: Float[Tensor, " batch"]
+    first_rank: Int[Tensor, " batch"]
 
     @property
     def nll(self) -> Tensor:
@@ -194,5 +195,7 @@ def score_answers(logits: Float[Tensor, "n_tokens vocab"], rows: Int[Tensor, " n
     first[1:] = rows[1:] != rows[:-1]
     first_top1 = torch.zeros(n_rows, dtype=torch.bool, device=logp.device)
     first_top1[rows[first]] = hit[first]
+    first_rank = torch.zeros(n_rows, dtype=torch.long, device=logp.device)
+    first_rank[rows[first]] = ranks_of(logits[first].detach(), tokens[first].to(logits.device))
     return AnswerScores(logprob=per_row.detach().cpu(), first_top1=first_top1.cpu(),
-                        exact=(wrong == 0).cpu(), row_nll=-per_row)
+                        exact=(wrong == 0).cpu(), row_nll=-per_row, first_rank=first_rank.cpu())

@@ -83,15 +83,13 @@ class RelationBank:
                             vectors=tuple(self.vectors[i] for i in keep),
                             quality=tuple(self.quality[i] for i in keep))
 
-    def passing(self, ratio: float | None = None) -> list[str]:
+    def passing(self, ratio: float | None = None, metric: str | None = None) -> list[str]:
         """Names of the vectors that pass (vectors without a quality record count as
-        passing: nothing is known against them); ``ratio`` overrides the recorded one."""
-        out = []
-        for n, q in zip(self.names, self.quality):
-            if q is None or (q.passes if ratio is None else
-                             dataclasses.replace(q, ratio=ratio).passes):
-                out.append(n)
-        return out
+        passing: nothing is known against them); ``ratio`` / ``metric`` override the
+        recorded ones."""
+        over = {k: v for k, v in (("ratio", ratio), ("metric", metric)) if v is not None}
+        return [n for n, q in zip(self.names, self.quality)
+                if q is None or dataclasses.replace(q, **over).passes]
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/{name}.safetensors`` per relation (quality in the metadata)."""
@@ -161,8 +159,8 @@ def _key(c: dict) -> str:
 
 def fit_relations(model: HookedTransformer, tasks: Sequence[str | Task], cfg: FinetuneConfig,
                   *, candidates: Sequence[dict] | str = "default", common_layer: bool = False,
-                  pass_ratio: float = DEFAULT_PASS_RATIO, icl_shots: int = 10,
-                  progress: bool = True) -> list[Fitted]:
+                  pass_ratio: float = DEFAULT_PASS_RATIO, metric: str = "top1",
+                  icl_shots: int = 10, progress: bool = True) -> list[Fitted]:
     """Fit one FV per relation, choosing among ``candidates`` on validation, and measure it.
 
     Args:
@@ -173,6 +171,7 @@ def fit_relations(model: HookedTransformer, tasks: Sequence[str | Task], cfg: Fi
             3``) and "screen".
         common_layer: one candidate for every relation (the best mean validation top-1).
         pass_ratio: the quality threshold's ratio.
+        metric: what the threshold compares ("top1" or "top5", ``VectorQuality``).
         icl_shots: demonstrations of the ICL reference.
     """
     if cfg.inject != "fv":
@@ -205,6 +204,7 @@ def fit_relations(model: HookedTransformer, tasks: Sequence[str | Task], cfg: Fi
         icl = icl_reference(model, val_q, train_q, shots=icl_shots, seed=cfg.seed)
         test = (float(score_vector(model, res.vector, test_q, target=cfg.target)
                       .correct(cfg.target).float().mean()) if test_q else None)
+        val_top5 = float((score_vector(model, res.vector, val_q).first_rank < 5).float().mean())
         table = {k: {"val_top1": runs[k][i].val_top1, "val_loss": runs[k][i].val_loss,
                      "train_top1": runs[k][i].train_top1, "layer": runs[k][i].vector.layer,
                      "best_step": runs[k][i].best_step} for k in keys}
@@ -214,16 +214,17 @@ def fit_relations(model: HookedTransformer, tasks: Sequence[str | Task], cfg: Fi
             details["screen_top1"] = {str(k): v["top1"] for k, v in res.layer_screen.items()}
         q = VectorQuality(name=task.name, layer=res.vector.layer, target=cfg.target,
                           val_top1=res.val_top1, icl_top1=icl[cfg.target], n_val=len(val_q),
-                          ratio=pass_ratio, train_top1=res.train_top1, test_top1=test,
-                          details=details)
+                          ratio=pass_ratio, metric=metric, val_top5=val_top5,
+                          icl_top5=icl["first_top5"], train_top1=res.train_top1,
+                          test_top1=test, details=details)
         out.append(Fitted(result=res, quality=q, candidates=table))
     return out
 
 
 def build_bank(model: HookedTransformer, tasks: Sequence[str | Task], folder: str | Path | None,
                cfg: FinetuneConfig | None = None, *, candidates: Sequence[dict] | str = "default",
-               pass_ratio: float = DEFAULT_PASS_RATIO, progress: bool = True
-               ) -> tuple[RelationBank, list[Fitted]]:
+               pass_ratio: float = DEFAULT_PASS_RATIO, metric: str = "top1",
+               progress: bool = True) -> tuple[RelationBank, list[Fitted]]:
     """Fit a bank (``fit_relations``) and save it to ``folder/{task}.safetensors``.
 
     Args:
@@ -233,7 +234,7 @@ def build_bank(model: HookedTransformer, tasks: Sequence[str | Task], folder: st
     """
     cfg = cfg or FinetuneConfig(init="zeros", layer=model.cfg.n_layers // 3)
     fitted = fit_relations(model, tasks, cfg, candidates=candidates, pass_ratio=pass_ratio,
-                           progress=progress)
+                           metric=metric, progress=progress)
     bank = RelationBank(names=tuple(f.quality.name for f in fitted),
                         vectors=tuple(f.result.vector for f in fitted),
                         quality=tuple(f.quality for f in fitted))

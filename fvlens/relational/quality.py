@@ -7,7 +7,8 @@ the **ICL reference**, the top-1 of ten-shot in-context prompts on the same quer
 (demonstrations from the training pairs). A vector *passes* when its validation top-1 is at
 least ``ratio`` × the ICL reference (default 0.5) and above zero: a vector that gets no
 validation query right does not pass even where ICL gets none right either (then nothing shows
-that it carries the relation). ``diagnose`` names, from the measurements, why one fails.
+that it carries the relation). ``metric="top5"`` applies the same rule to first-token top-5.
+``diagnose`` names, from the measurements, why one fails.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from fvlens.prompts import icl_prompts, target_ids
 from fvlens.relational.answers import answer_batch, answer_logits, score_answers
 from fvlens.tasks import Pair
 
-__all__ = ["DEFAULT_PASS_RATIO", "VectorQuality", "icl_reference", "passes", "diagnose",
+__all__ = ["DEFAULT_PASS_RATIO", "METRICS", "VectorQuality", "icl_reference", "passes", "diagnose",
            "multi_token_share", "summarize"]
 
 DEFAULT_PASS_RATIO = 0.5
+METRICS = ("top1", "top5")
 
 
 def passes(val_top1: float, icl_top1: float, ratio: float = DEFAULT_PASS_RATIO) -> bool:
@@ -68,6 +70,10 @@ class VectorQuality:
             queries.
         n_val: validation queries.
         ratio: the pass threshold's ratio.
+        metric: what the pass rule compares: "top1" (default) or "top5" (the answer's first
+            token among the five most probable: a graded measure for relations with many
+            right answers, where top-1 of a handful of queries is mostly zero).
+        val_top5 / icl_top5: first-token top-5 of the vector and of the ICL reference.
         train_top1: the vector's top-1 on its own training pairs.
         test_top1: on held-out test pairs (never used to choose anything), or None.
         details: other measurements (ICL first-token top-5, multi-token share, layer screen).
@@ -80,13 +86,32 @@ class VectorQuality:
     icl_top1: float
     n_val: int
     ratio: float = DEFAULT_PASS_RATIO
+    metric: str = "top1"
+    val_top5: float | None = None
+    icl_top5: float | None = None
     train_top1: float | None = None
     test_top1: float | None = None
     details: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.metric == "top5" and (self.val_top5 is None or self.icl_top5 is None):
+            raise ValueError("metric='top5' needs val_top5 and icl_top5")
+
+    @property
+    def val(self) -> float:
+        """The vector's validation score under ``metric``."""
+        return self.val_top1 if self.metric == "top1" else self.val_top5
+
+    @property
+    def icl(self) -> float:
+        """The ICL reference under ``metric``."""
+        return self.icl_top1 if self.metric == "top1" else self.icl_top5
+
     @property
     def passes(self) -> bool:
-        return passes(self.val_top1, self.icl_top1, self.ratio)
+        return passes(self.val, self.icl, self.ratio)
 
     @property
     def reason(self) -> str:
@@ -122,11 +147,11 @@ def diagnose(q: VectorQuality) -> str:
     """
     if q.passes:
         return "passes"
-    if q.icl_top1 <= 0:
+    if q.icl <= 0:
         why = "icl_zero"
     elif q.train_top1 is not None and q.train_top1 < FIT:
         why = "underfit"
-    elif q.val_top1 <= 0:
+    elif q.val <= 0:
         why = "no_transfer"
     else:
         why = "below_icl"
@@ -152,7 +177,9 @@ def summarize(qualities: Sequence[VectorQuality]) -> dict:
         if not q.passes:
             reasons[q.reason] = reasons.get(q.reason, 0) + 1
     ratios = sorted({q.ratio for q in qualities})
+    metrics = sorted({q.metric for q in qualities})
     return {"n": len(rows), "n_pass": sum(q.passes for q in qualities),
             "ratio": ratios[0] if len(ratios) == 1 else ratios,
+            "metric": metrics[0] if len(metrics) == 1 else metrics,
             "passing": [q.name for q in qualities if q.passes], "failing": failing,
             "reasons": reasons, "rows": rows}

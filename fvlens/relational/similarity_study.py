@@ -38,7 +38,8 @@ def _relation_levels(rows, names, vectors: dict[str, Tensor], stats, d_model, se
 def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: int | None = None,
                    n_relations: int | None = None, max_rows: int | None = 1500,
                    finetune_cfg=None, candidates: str | Sequence[dict] = "default",
-                   pass_ratio: float = DEFAULT_PASS_RATIO, icl_shots: int = 5,
+                   pass_ratio: float = DEFAULT_PASS_RATIO, metric: str = "top1",
+                   icl_shots: int = 5,
                    n_perm: int = 1000, n_boot: int = 1000, seed: int = 0,
                    progress: bool = True) -> tuple[dict, dict]:
     """Relation- and pair-level alignment for every representation and baseline.
@@ -54,6 +55,7 @@ def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: i
         candidates: their layer candidates (``fvlens.relational.bank.parse_candidates``);
             one is chosen for all relations on validation.
         pass_ratio: the quality threshold (validation top-1 ≥ ratio × ICL top-1, and > 0).
+        metric: "top1" or "top5" (what the threshold compares, ``VectorQuality``).
         icl_shots: demonstrations of the ``icl_mean`` relation vectors.
 
     Returns:
@@ -74,7 +76,7 @@ def run_similarity(model: HookedTransformer, rows: Sequence[Rating], *, layer: i
 
         fitted = fit_relations(model, [relation_task(n, rel[n]) for n in names], finetune_cfg,
                                candidates=candidates, common_layer=True, pass_ratio=pass_ratio,
-                               progress=progress)
+                               metric=metric, progress=progress)
     if layer is None:
         layer = (fitted[0].result.vector.layer if fitted else
                  getattr(finetune_cfg, "layer", None))
