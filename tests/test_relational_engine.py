@@ -14,7 +14,7 @@ from fvlens.prompts import zero_shot_prompts
 from fvlens.relational.answers import answer_batch, answer_logits, score_answers
 from fvlens.relational.finetune import FinetuneConfig, finetune, finetune_many, split_pairs
 from fvlens.relational.objective import ScoredSplit, score_vector
-from fvlens.relational.taskvec import screen_layers, task_vectors
+from fvlens.relational.taskvec import screen_layers, screen_many, task_vectors
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import load_task
 
@@ -141,3 +141,18 @@ def test_task_vectors_and_screen(tiny_tok_model):
     fixed = finetune(model, "capitalize", dataclasses.replace(cfg, layer=2), progress=False)
     assert fixed.vector.layer == 2 and fixed.layer_screen is None
     assert_no_hooks(model)
+
+
+def test_screen_many_equals_one_screen_per_relation(tiny_tok_model):
+    model = tiny_tok_model
+    names = ("capitalize", "antonym")
+    tvs = [task_vectors(model, list(load_task(n).pairs[:5]), shots=2) * 4 for n in names]
+    vals = [zero_shot_prompts(model, list(load_task(n).pairs[5:5 + k])) for n, k in
+            zip(names, (3, 4))]
+    together = screen_many(model, tvs, vals)
+    for tv, val, got in zip(tvs, vals, together):
+        want = screen_layers(model, tv, val)
+        assert got.keys() == want.keys()
+        for layer in want:
+            assert got[layer]["top1"] == want[layer]["top1"]
+            assert abs(got[layer]["mean_rank"] - want[layer]["mean_rank"]) < 1e-6

@@ -31,7 +31,7 @@ from fvlens.relational.objective import Vector, grad_last_logits, residual_scale
 from fvlens.relational.objective import value_of as _value
 from fvlens.relational.objective import with_value as _with
 from fvlens.relational.training import Job, edit_start, train_jobs
-from fvlens.relational.taskvec import screen_layers, task_vectors
+from fvlens.relational.taskvec import screen_many, task_vectors
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import Pair, Task, load_task
 
@@ -237,8 +237,10 @@ def _initial(model: HookedTransformer, cfg: FinetuneConfig, reference: Vector | 
     return DistributedFV(heads=reference.heads, means=m)
 
 
-def _prepare(model: HookedTransformer, task: Task, cfg: FinetuneConfig, vectors) -> Job:
-    """Split, reference vector, layer, learning rate and initial vector of one task."""
+def _prepare(model: HookedTransformer, task: Task, cfg: FinetuneConfig, vectors,
+             tv: Tensor | None = None, screen: dict | None = None) -> Job:
+    """Split, reference vector, layer, learning rate and initial vector of one task (``tv``
+    and ``screen``: its task vectors and layer screen, for ``init="icl_mean"``)."""
     train_q, val_q, _ = split_pairs(task, cfg)
     method = cfg.selection
     if cfg.needs_extraction and vectors is None:
@@ -252,11 +254,6 @@ def _prepare(model: HookedTransformer, task: Task, cfg: FinetuneConfig, vectors)
         reference = (vectors.fv[method] if cfg.inject == "fv" else
                      DistributedFV(heads=vectors.dfv[method].heads,
                                    means=vectors.dfv[method].means * vectors.dfv_scale[method]))
-    tv, screen = None, None
-    if cfg.init == "icl_mean":
-        tv = task_vectors(model, train_q, shots=cfg.tv_shots, seed=cfg.seed)
-        if cfg.layer is None:
-            screen = screen_layers(model, tv, zero_shot_prompts(model, val_q))
     layer = cfg.layer
     if layer is None and screen is not None:
         layer = min(screen, key=lambda L: (-screen[L]["top1"], screen[L]["mean_rank"], L))
@@ -311,7 +308,16 @@ def finetune_many(model: HookedTransformer, tasks: Sequence[str | Task],
     vectors = list(vectors) if vectors is not None else [None] * len(tasks)
     if len(vectors) != len(tasks):
         raise ValueError(f"{len(vectors)} vectors for {len(tasks)} tasks")
-    jobs = [_prepare(model, t, cfg, v) for t, v in zip(tasks, vectors)]
+    tvs: list = [None] * len(tasks)
+    screens: list = [None] * len(tasks)
+    if cfg.init == "icl_mean":
+        splits = [split_pairs(t, cfg) for t in tasks]
+        tvs = [task_vectors(model, tr, shots=cfg.tv_shots, seed=cfg.seed) for tr, _, _ in splits]
+        if cfg.layer is None:  # one resumed pass per layer for all tasks
+            screens = screen_many(model, tvs, [zero_shot_prompts(model, va)
+                                               for _, va, _ in splits])
+    jobs = [_prepare(model, t, cfg, v, tv, sc)
+            for t, v, tv, sc in zip(tasks, vectors, tvs, screens)]
     groups: dict[int, list[int]] = {}
     for i, j in enumerate(jobs):  # DFVs hook per vector: one at a time
         key = edit_start(model, j.initial) if cfg.inject == "fv" else -1 - i

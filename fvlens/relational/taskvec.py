@@ -19,12 +19,13 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from fvlens.forward import final_logits, ranks_of, resume
 from fvlens.hooks import hook_name
-from fvlens.injection import layer_sweep
+from fvlens.injection import layer_sweep, residual_cache
 from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
 from fvlens.tasks import Pair
 
-__all__ = ["last_residuals", "task_vectors", "screen_layers"]
+__all__ = ["last_residuals", "task_vectors", "screen_layers", "screen_many"]
 
 
 @torch.no_grad()
@@ -71,3 +72,38 @@ def screen_layers(model: HookedTransformer, vectors: Float[Tensor, "n_layers d_m
     sweep = layer_sweep(model, val, vectors, layers=layers)
     return {layer: {"top1": ev.top1, "mean_rank": float(ev.ranks.float().mean())}
             for layer, ev in sweep.items()}
+
+
+@torch.no_grad()
+def screen_many(model: HookedTransformer, vectors: Sequence[Tensor], vals: Sequence[PromptBatch]
+                ) -> list[dict[int, dict]]:
+    """``screen_layers`` for many relations at once: every relation's validation prompts in
+    one residual cache, each row steered by its own relation's task vector, one resumed pass
+    per layer (instead of one per layer and relation).
+
+    Args:
+        vectors: per relation ``[n_layers, d_model]`` task vectors.
+        vals: per relation its validation prompts.
+    """
+    if len(vectors) != len(vals):
+        raise ValueError(f"{len(vectors)} task vectors for {len(vals)} validation batches")
+    batch = PromptBatch.concat(list(vals))
+    owner = torch.cat([torch.full((len(v),), k, dtype=torch.long) for k, v in enumerate(vals)])
+    table = torch.stack([v.float() for v in vectors])  # [relations, n_layers, d_model]
+    cache = residual_cache(model, batch)
+    out: list[dict[int, dict]] = [{} for _ in vals]
+    for layer in range(model.cfg.n_layers):
+        logits, start = [], 0
+        for chunk, resid in zip(cache.chunks, cache.resid):
+            rows = owner[start:start + len(chunk)]
+            x = resid[layer + 1].clone()
+            x[:, -1] += table[rows, layer].to(device=x.device, dtype=x.dtype)
+            x = resume(model, x, start=layer + 1, attention_mask=chunk.attention_mask)
+            logits.append(final_logits(model, x[:, -1]).float().cpu())
+            start += len(chunk)
+        ranks = ranks_of(torch.cat(logits), batch.targets)
+        for k in range(len(vals)):
+            r = ranks[owner == k]
+            out[k][layer] = {"top1": float((r == 0).float().mean()),
+                             "mean_rank": float(r.float().mean())}
+    return out
