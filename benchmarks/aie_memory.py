@@ -95,7 +95,7 @@ def child(variant: str, n_layers: int) -> dict:
     from transformer_lens import HookedTransformer
 
     import fvlens.heads.aie as aie
-    from fvlens.evaluate import _forward_last
+    from fvlens.forward import forward_last
 
     torch.manual_seed(0)
     model = HookedTransformer(_config(n_layers)).eval()
@@ -109,7 +109,7 @@ def child(variant: str, n_layers: int) -> dict:
     def run(b):
         with torch.no_grad():
             if variant == "forward":
-                return _forward_last(model, b.tokens, b.attention_mask)
+                return forward_last(model, b.tokens, b.attention_mask)
             if variant == "shared_prefix":
                 return aie._indirect_effects_shared_prefix(
                     model, b, mean_z, batch_size=SETTINGS["batch_size"], progress=False)

@@ -15,7 +15,7 @@ import time
 
 from aie import measure_aie, setup, write_result
 from fvlens.attnlrp import explain_batch
-from fvlens.evaluate import last_logits
+from fvlens.evaluation import last_logits
 from fvlens.models import load_model
 from fvlens.prompts import icl_prompts
 from fvlens.provenance import machine, versions

@@ -41,7 +41,7 @@ RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "relsim" / \
 
 
 def bench_finetune(model, tasks, steps: int) -> tuple[dict, dict]:
-    from fvlens.evaluate import evaluate
+    from fvlens.evaluation import evaluate
     from fvlens.plan import extract_vectors
     from fvlens.prompts import icl_prompts, zero_shot_prompts
     from fvlens.relational.finetune import FinetuneConfig, split_pairs, finetune

@@ -105,7 +105,8 @@ def forward_last(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
 
 def ranks_of(logits: Float[Tensor, "batch vocab"], targets: Int[Tensor, " batch"]
              ) -> Int[Tensor, " batch"]:
-    """0-based rank of each target in its row of logits (ties count against the target)."""
+    """0-based rank of each target in its row of logits: how many logits are strictly above
+    the target's (a tie does not push the target down)."""
     target_logit = logits.gather(1, targets[:, None].to(logits.device))
     return (logits > target_logit).sum(-1)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from fvlens.batch import PromptBatch, auto_batch_size
-from fvlens.evaluate import Evaluation, evaluation_from_logits
+from fvlens.evaluation import Evaluation, evaluation_from_logits
 from fvlens.forward import final_logits, resume, token_budget
 from fvlens.hooks import HookList, hook_name
 

@@ -15,11 +15,12 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import Evaluation, evaluate
+from fvlens.evaluation import Evaluation, evaluate
 from fvlens.generation import side_by_side
 from fvlens.heads.scores import HeadScores
 from fvlens.injection import ResidualCache, residual_cache, steered_evaluation
@@ -30,6 +31,7 @@ from fvlens.provenance import machine, versions
 from fvlens.results import Accuracy, Failure, RunResult, Steered, TaskResult
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import load_task
+from fvlens.vectors import save_vector
 
 __all__ = ["RunConfig", "DEFAULT_TASKS", "INJECTIONS", "run", "run_task", "run_settings",
            "extract_vectors",
@@ -61,8 +63,13 @@ def _flags(res_n: int, zero_shot: float, n_multi: int) -> tuple[str, ...]:
 
 
 def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadScores],
-             cfg: RunConfig) -> TaskResult:
-    """Baselines and steered zero-shot accuracy of one task on its test queries."""
+             cfg: RunConfig, *, vectors_dir: Path | None = None) -> TaskResult:
+    """Baselines and steered zero-shot accuracy of one task on its test queries.
+
+    Args:
+        vectors_dir: when given, each method's FV, DFV and head scores are saved there as
+            vector files (``fvlens.vectors``): ``{task}/{method}_{fv|dfv|scores}.safetensors``.
+    """
     task = plan.task
     reference = reference_prompts(model, task, plan.test_queries, plan.train_pool, cfg,
                                   seed=cfg.seed)
@@ -102,6 +109,8 @@ def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadSco
             res["dfv"] = Steered(accuracy=Accuracy.of(ev), scale=scale, scale_sweep=ssweep,
                                  failures=_failures(model, queries, ev, cfg.n_failures))
         steered[method], heads[method] = res, tuple(top)
+        if vectors_dir is not None:
+            _save_vectors(model, vectors_dir / task.name, method, sc, fv, dfv, scale, cfg)
         if cfg.k_sweep:
             k_sweep[method] = _k_sweep(model, plan, sc, cache, fv.layer, scale, cfg)
     overlap = None
@@ -112,6 +121,18 @@ def run_task(model: HookedTransformer, plan: TaskPlan, scores: dict[str, HeadSco
                       head_scores=dict(scores), k_sweep=k_sweep, head_overlap=overlap,
                       n_multi_token_targets=n_multi,
                       flags=_flags(len(keep), cache.unsteered.top1, n_multi))
+
+
+def _save_vectors(model: HookedTransformer, folder: Path, method: str, scores: HeadScores,
+                  fv: FunctionVector, dfv: DistributedFV, scale: float, cfg: RunConfig) -> None:
+    common = {"task": folder.name, "select": method, "k": cfg.k,
+              "prompt_mode": cfg.prompt_mode, "seed": cfg.seed, "heads": cfg.heads}
+    save_vector(scores, folder / f"{method}_scores.safetensors", model, meta=common)
+    if "fv" in cfg.inject:
+        save_vector(fv, folder / f"{method}_fv.safetensors", model, meta=common)
+    if "dfv" in cfg.inject:
+        save_vector(dfv, folder / f"{method}_dfv.safetensors", model,
+                    meta=common | {"scale": scale})
 
 
 def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: ResidualCache,
@@ -133,7 +154,8 @@ def _k_sweep(model: HookedTransformer, plan: TaskPlan, sc: HeadScores, cache: Re
 
 def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
         on_task: Callable[[RunResult], None] | None = None,
-        done: dict[str, TaskResult] | None = None) -> RunResult:
+        done: dict[str, TaskResult] | None = None,
+        vectors_dir: str | Path | None = None) -> RunResult:
     """The main job over ``cfg.tasks``.
 
     Args:
@@ -144,6 +166,7 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
             results.json as the run goes).
         done: results of tasks already finished with the same settings (``--resume``); they
             are kept as they are and not run again (per-task heads only).
+        vectors_dir: save every task's vectors and head scores there (``run_task``).
 
     Returns:
         The run's results (``.to_json()`` is results.json).
@@ -182,7 +205,8 @@ def run(model: HookedTransformer, cfg: RunConfig, *, progress: bool = True,
     if cfg.heads == "global" and scores:
         scores, global_tasks = _globalise(scores, plans, cfg)
     for name, plan in tqdm(plans.items(), desc="fvlens run: steering", disable=not progress):
-        result.tasks[name] = run_task(model, plan, scores[name], cfg)
+        result.tasks[name] = run_task(model, plan, scores[name], cfg, vectors_dir=(
+            None if vectors_dir is None else Path(vectors_dir)))
         if on_task is not None:
             on_task(result)
     for t in timing.values():

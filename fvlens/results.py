@@ -45,7 +45,7 @@ class Accuracy:
 
     @classmethod
     def of(cls, evaluation) -> Accuracy:
-        """From an ``fvlens.evaluate.Evaluation``."""
+        """From an ``fvlens.evaluation.Evaluation``."""
         return cls(top1=evaluation.top1, top3=evaluation.top3,
                    mean_rank=float(evaluation.ranks.float().mean()) if len(evaluation.ranks)
                    else math.nan, n=len(evaluation.ranks))

@@ -17,7 +17,7 @@ from fvlens.analyses.strategies import (StrategyConfig, build_strategies, cosine
 from fvlens.batch import PromptBatch
 from fvlens.injection import (best_layer, best_layer_and_scale, layer_sweep, residual_cache,
                               scale_sweep)
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.hooks import assert_no_hooks, hook_name
 from fvlens.prompts import icl_prompts, zero_shot_prompts
 from fvlens.steering import FunctionVector

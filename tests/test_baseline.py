@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fvlens.cli import main
-from fvlens.evaluate import baseline
+from fvlens.evaluation import baseline
 from fvlens.tasks import load_task
 
 

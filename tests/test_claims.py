@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.hooks import assert_no_hooks
 from fvlens.pipeline import run
 from fvlens.plan import RunConfig, prepare_task
@@ -91,7 +91,7 @@ def test_each_prompt_is_embedded_once_per_pass(capitalize_run):
     expected = (n_mean            # clean prompts: mean activations and their accuracy
                 + n_val           # validation zero-shot: one residual cache for all sweeps
                 + CFG.n_samples   # AIE: the corrupted prompts' recording pass
-                + 2 * CFG.n_samples  # AttnLRP: top-5 filter and relevance pass
+                + CFG.n_samples   # AttnLRP: the relevance pass (its logits give the top-5 filter)
                 + task.n_test     # test ICL reference
                 + task.n_test     # instruction baseline (capitalize has instructions)
                 + task.n)         # test zero-shot: one residual cache for every steered eval

@@ -6,8 +6,8 @@ import pytest
 
 from fvlens.cli import build_parser, main
 
-SUBCOMMANDS = ("tasks", "baseline", "run", "steer", "report", "finetune", "similarity",
-               "analogies", "strategies", "transfer", "frames")
+SUBCOMMANDS = ("tasks", "baseline", "run", "steer", "report", "download", "finetune",
+               "similarity", "analogies", "strategies", "transfer", "frames", "sweep")
 
 
 def test_every_subcommand_is_registered():
@@ -45,3 +45,15 @@ def test_every_model_subcommand_has_the_model_options():
         assert {"--device", "--dtype", "--n-devices"} <= opts, name
     args = parser.parse_args(["run", "--device", "cpu", "--dtype", "bfloat16"])
     assert (args.device, args.dtype, args.n_devices) == ("cpu", "bfloat16", 1)
+
+
+def test_help_and_tasks_start_without_torch():
+    """`fvlens --help`, `fvlens tasks` and the parser of every subcommand import no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fvlens.cli import build_parser, main; build_parser(); "
+            "main(['tasks']); print('torch' in sys.modules, 'transformer_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"

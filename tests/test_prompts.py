@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fvlens.evaluate import evaluate, last_logits, ranks_of
+from fvlens.evaluation import evaluate, last_logits, ranks_of
 from fvlens.prompts import (Template, icl_prompts, instruction_prompts, target_ids,
                             zero_shot_prompts)
 from fvlens.tasks import Instruction, Pair, Task, load_task

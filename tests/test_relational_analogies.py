@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fvlens.evaluate import evaluate, last_logits
+from fvlens.evaluation import evaluate, last_logits
 from fvlens.hooks import assert_no_hooks
 from fvlens.prompts import zero_shot_prompts
 from fvlens.relational.analogies import (CONDITIONS, AnalogyConfig, evaluate_analogies,

@@ -150,7 +150,7 @@ def test_run_similarity_subsets_are_seeded(tiny_tok_model, tmp_path):
 @pytest.mark.slow
 def test_finetuned_fv_beats_zero_shot_on_the_embedded_model(smollm):
     """Zeros-init FV at layer 10 (no head scoring), 12 steps: held-out top-1 rises clearly."""
-    from fvlens.evaluate import evaluate
+    from fvlens.evaluation import evaluate
     from fvlens.prompts import zero_shot_prompts
     from fvlens.relational.finetune import FinetuneConfig, finetune, split_pairs
 

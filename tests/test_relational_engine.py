@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.hooks import assert_no_hooks
 from fvlens.prompts import zero_shot_prompts
 from fvlens.relational.answers import answer_batch, answer_logits, score_answers

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.hooks import assert_no_hooks
 from fvlens.prompts import icl_prompts
 from fvlens.relational.bank import build_bank, fit_relations

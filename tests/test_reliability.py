@@ -12,7 +12,7 @@ import torch
 
 import fvlens.models
 from fvlens.cli import main
-from fvlens.evaluate import evaluate, evaluation_from_logits
+from fvlens.evaluation import evaluate, evaluation_from_logits
 from fvlens.forward import forward_last
 from fvlens.hooks import assert_no_hooks
 from fvlens.prompts import zero_shot_prompts
@@ -215,3 +215,50 @@ def test_token_budget_on_a_gpu_follows_free_memory(tiny_tok_model, monkeypatch):
     width = batch.tokens.shape[1]
     assert auto_batch_size(batch, None) == max(4, min(64, TOKENS_PER_PASS // width))
     assert auto_batch_size(batch, None, tokens_per_pass=big) == min(1024, big // width)
+
+
+# --- token inputs in every shape a user has ----------------------------------------------
+
+
+def test_explain_takes_text_1d_and_1_by_pos(tiny_tok_model):
+    from fvlens.attnlrp import explain, explain_batch
+
+    model = tiny_tok_model
+    tokens = model.to_tokens("Q: cold\nA:", prepend_bos=False)           # [1, pos]
+    a = explain(model, tokens, " hot")
+    b = explain(model, tokens[0], " hot")                                # [pos]
+    c = explain(model, "Q: cold\nA:", " hot", prepend_bos=False)        # text
+    for r in (b, c):
+        torch.testing.assert_close(r.tokens, a.tokens, atol=0, rtol=0)
+        torch.testing.assert_close(r.heads, a.heads, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="explain_batch"):
+        explain(model, tokens.repeat(2, 1), " hot")
+    with pytest.raises((ValueError, TypeError)):  # jaxtyping's dtype check, else the message
+        explain(model, tokens.float(), " hot")
+    with pytest.raises((ValueError, TypeError)):  # jaxtyping's shape check, else the message
+        explain_batch(model, tokens[0], torch.tensor([3]))
+    with pytest.raises(ValueError, match="prompt is empty"):
+        explain(model, "", " hot", prepend_bos=False)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        explain(model, tokens, model.cfg.d_vocab + 5)
+    assert_no_hooks(model)
+
+
+def test_explain_warns_on_a_multi_token_target(tiny_tok_model):
+    from fvlens.attnlrp import explain
+
+    word = " extraordinarily"
+    assert len(tiny_tok_model.to_tokens(word, prepend_bos=False)[0]) > 1
+    with pytest.warns(UserWarning, match="only the first"):
+        explain(tiny_tok_model, "Q: a\nA:", word, prepend_bos=False)
+
+
+@pytest.mark.slow
+def test_explain_with_to_tokens_on_the_embedded_model(smollm):
+    from fvlens.attnlrp import explain
+
+    prompt = "Q: play\nA: played\n\nQ: walk\nA:"
+    tokens = smollm.to_tokens(prompt, prepend_bos=False)     # the natural [1, pos] tensor
+    a, b = explain(smollm, tokens, " walked"), explain(smollm, tokens[0], " walked")
+    torch.testing.assert_close(a.tokens, b.tokens, atol=0, rtol=0)
+    torch.testing.assert_close(a.attention, b.attention, atol=0, rtol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fvlens.evaluate import last_logits
+from fvlens.evaluation import last_logits
 from fvlens.hooks import assert_no_hooks
 from fvlens.steering import DistributedFV, FunctionVector
 from test_aie import random_batch
@@ -89,7 +89,7 @@ def test_errors_name_the_fix(tiny_model):
 
 
 def test_layer_sweep_equals_hooked_evaluation(tiny_tok_model):
-    from fvlens.evaluate import evaluate
+    from fvlens.evaluation import evaluate
     from fvlens.injection import layer_sweep
     from fvlens.prompts import zero_shot_prompts
     from fvlens.tasks import load_task

