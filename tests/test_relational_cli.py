@@ -66,6 +66,25 @@ def test_parsers_registered():
     assert an.fit_steps == 20 and an.n_val == 30 and "top_m" in an.conditions
 
 
+@pytest.mark.parametrize("command", ["finetune", "similarity", "analogies"])
+def test_help_shows_the_true_defaults(command):
+    """Every option with a default shows it in --help, and the shown value is the parsed one
+    (the bank's fine-tuning steps: 30, as docs/relational.md says)."""
+    p = _parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    text = " ".join(sub.format_help().split())
+    required = {"finetune": ["--task", "T"], "similarity": ["--ratings", "R"],
+                "analogies": ["--bank", "B"]}[command]
+    parsed = vars(p.parse_args([command, *required, "--out", "o"]))
+    for action in sub._actions:
+        if (action.option_strings and not action.required and action.help
+                and "default" not in action.help
+                and all(action.default is not v for v in (None, False, argparse.SUPPRESS))):
+            assert f"(default:{parsed[action.dest]})" in text.replace(" ", ""), action.dest
+    steps = {"finetune": 60, "similarity": 30, "analogies": 30}[command]
+    assert parsed["steps"] == steps and f"Adam steps (default: {steps})" in text
+
+
 def test_cli_finetune_writes_results_and_vectors(patched, tmp_path):
     args = _parser().parse_args(
         ["finetune", "--task", "capitalize", "--init", "zeros", "--steps", "3", "--pairs", "6",

@@ -57,11 +57,13 @@ def _add_finetune_options(s: argparse.ArgumentParser, *, steps: int = 60) -> Non
     s.add_argument("--steps", type=int, default=steps, help="Adam steps")
     s.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: scale-aware, --lr-scale × activation RMS)")
-    s.add_argument("--lr-scale", type=float, default=0.05)
-    s.add_argument("--batch-size", type=int, default=10)
+    s.add_argument("--lr-scale", type=float, default=0.05,
+                   help="scale-aware learning rate factor")
+    s.add_argument("--batch-size", type=int, default=10, help="training pairs per step")
     s.add_argument("--layer", type=int, default=None,
-                   help="FV injection layer (default: the extracted FV's layer)")
-    s.add_argument("--seed", type=int, default=0)
+                   help="FV injection layer (default: the extracted FV's layer; for a bank "
+                        "n_layers // 3 beside the screened layer)")
+    s.add_argument("--seed", type=int, default=0, help="splits, batches, subsets")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -256,14 +258,27 @@ def cmd_analogies(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DEFAULTS(argparse.HelpFormatter):
+    """``--help`` shows every option's true default (unless its help already explains it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.required
+                or any(action.default is v for v in (None, argparse.SUPPRESS, False))):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def add_parsers(subparsers) -> None:
     """Register ``finetune``, ``similarity`` and ``analogies`` on ``fvlens``'s subparsers."""
-    s = subparsers.add_parser("finetune", help="fine-tune a task's FV/DFV on a few pairs and "
-                              "compare with extracted, random-init, zero-shot and ICL")
+    s = subparsers.add_parser("finetune", formatter_class=_DEFAULTS,
+                              help="fine-tune a task's FV/DFV on a few pairs and compare "
+                                   "with extracted, random-init, zero-shot and ICL")
     add_model_args(s)
-    s.add_argument("--task", required=True)
-    s.add_argument("--init", default="aie", choices=["aie", "attnlrp", "zeros", "random"])
-    s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
+    s.add_argument("--task", required=True, help="task name or path")
+    s.add_argument("--init", default="aie", choices=["aie", "attnlrp", "zeros", "random"],
+                   help="start: an extracted vector (its head selection) or zeros/random")
+    s.add_argument("--inject", default="fv", choices=["fv", "dfv"], help="vector kind")
     s.add_argument("--k", type=int, default=20, help="heads of the extracted vector")
     s.add_argument("--shots", type=int, default=10,
                    help="ICL demonstrations (extraction and baseline)")
@@ -271,11 +286,12 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--no-compare", action="store_true",
                    help="skip the random-init and other-injection runs")
     _add_finetune_options(s)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="directory for results.json")
     s.set_defaults(func=cmd_finetune)
 
-    s = subparsers.add_parser("similarity", help="relation vectors vs human relation-"
-                              "similarity ratings (Chen, Peterson & Griffiths 2017)")
+    s = subparsers.add_parser("similarity", formatter_class=_DEFAULTS,
+                              help="relation vectors vs human relation-similarity ratings "
+                                   "(Chen, Peterson & Griffiths 2017)")
     add_model_args(s)
     s.add_argument("--ratings", required=True, help="mean-ratings CSV")
     s.add_argument("--relations", type=int, default=None,
@@ -286,16 +302,17 @@ def add_parsers(subparsers) -> None:
                    help="relation level without fine-tuned vectors (baselines only)")
     s.add_argument("--icl-shots", type=int, default=5,
                    help="demonstrations of the icl_mean relation vectors")
-    s.add_argument("--n-perm", type=int, default=1000)
-    s.add_argument("--n-boot", type=int, default=1000)
+    s.add_argument("--n-perm", type=int, default=1000, help="permutations of the p-values")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
     _add_quality_options(s)
     _add_finetune_options(s, steps=30)
     s.set_defaults(pairs=16, batch_size=8, n_val=1000)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="directory for results.json")
     s.set_defaults(func=cmd_similarity)
 
-    s = subparsers.add_parser("analogies", help="A:B::C:? with composite FVs over a bank of "
-                              "fine-tuned relation vectors, and baselines")
+    s = subparsers.add_parser("analogies", formatter_class=_DEFAULTS,
+                              help="A:B::C:? with composite FVs over a bank of fine-tuned "
+                                   "relation vectors, and baselines")
     add_model_args(s)
     s.add_argument("--items", default=None,
                    help="comma list of .jsonl (SAT style) or .csv (A,B,C,D[,D_foil]) files; "
@@ -306,17 +323,18 @@ def add_parsers(subparsers) -> None:
                    help="fine-tune the bank first when the folder is empty: 'default' or a "
                         "comma list of tasks")
     s.add_argument("--conditions", default=",".join(
-        ("none", "icl", "single_best", "oracle", "softmax", "affine", "similarity", "top_m")))
+        ("none", "icl", "single_best", "oracle", "softmax", "affine", "similarity", "top_m")),
+        help="conditions evaluated")
     s.add_argument("--fit-steps", type=int, default=20, help="Adam steps of fitted weights")
-    s.add_argument("--fit-lr", type=float, default=0.3)
+    s.add_argument("--fit-lr", type=float, default=0.3, help="Adam lr of fitted weights")
     s.add_argument("--taus", default="0.05,0.1,0.2", help="similarity temperatures tried")
     s.add_argument("--ms", default="2,3,5", help="top_m mixture sizes tried")
     s.add_argument("--val-fraction", type=float, default=0.3,
                    help="items on which options and the composite variant are chosen")
-    s.add_argument("--n-boot", type=int, default=1000)
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
     s.add_argument("--max-items", type=int, default=0, help="seeded subset (0 = all)")
     _add_quality_options(s)
     _add_finetune_options(s, steps=30)
     s.set_defaults(n_val=30)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="directory for results.json")
     s.set_defaults(func=cmd_analogies)
