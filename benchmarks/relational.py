@@ -154,7 +154,7 @@ def bench_analogies(model, args) -> dict:
     from fvlens.relational.items import load_items
     from fvlens.tasks import task_dir
 
-    bank = RelationBank.load(args.bank)
+    bank = RelationBank.load(args.bank, model=model)
     items = [it for f in ("analogies.jsonl", "analogies_hard.jsonl")
              for it in load_items(task_dir() / f)]
     cfg = AnalogyConfig()

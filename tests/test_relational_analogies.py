@@ -23,6 +23,7 @@ from fvlens.relational.items import AnalogyItem, load_items, save_items, split_i
 from fvlens.relational.quality import VectorQuality
 from fvlens.relational.scoring import choice_scorer, stem_scorer
 from fvlens.steering import FunctionVector
+from fvlens.vectors import read_vector_meta
 from fvlens.tasks import Pair, load_task, task_dir
 
 ATOL = 1e-4  # float32 logits of the same forward pass computed two ways
@@ -165,6 +166,13 @@ def test_bank_round_trip_quality_and_passing(tmp_path, tiny_tok_model):
         RelationBank.load(tmp_path / "bank", names=["synonym"])
     with pytest.raises(FileNotFoundError, match="build"):
         RelationBank.load(tmp_path / "nope")
+    bank.save(tmp_path / "fp", tiny_tok_model)  # the fvlens.vectors format, model checked
+    fp = RelationBank.load(tmp_path / "fp", model=tiny_tok_model)
+    assert fp.names == back.names and fp.quality == back.quality
+    assert all(torch.equal(a.vector, b.vector) and a.layer == b.layer
+               for a, b in zip(fp.vectors, back.vectors))
+    assert read_vector_meta(tmp_path / "fp" / "antonym.safetensors")["meta"]["relation"] == \
+        "antonym"
     assert parse_candidates("10, screen") == [{"layer": 10}, {"init": "icl_mean", "layer": None}]
     with pytest.raises(ValueError, match="candidate"):
         parse_candidates("ten")

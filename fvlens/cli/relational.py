@@ -230,7 +230,7 @@ def cmd_analogies(args: argparse.Namespace) -> int:
             layer=args.layer if args.layer is not None
             else model.cfg.n_layers // 3), candidates=args.candidates,
             pass_ratio=args.pass_ratio, metric=args.pass_metric)
-    bank = RelationBank.load(bank_dir)
+    bank = RelationBank.load(bank_dir, model=model)
     passing = bank.passing(args.pass_ratio, args.pass_metric)
     results = _provenance(args.model, {k: v for k, v in vars(args).items() if k != "func"}
                           | {"analogy_config": dataclasses.asdict(cfg)})

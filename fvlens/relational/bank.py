@@ -9,11 +9,14 @@ analysis needs), and measures its ``VectorQuality``: validation top-1, the ICL r
 same queries, top-1 on its own training pairs and on held-out test pairs. Every candidate's
 numbers are kept, so the effect of the layer and the start can be read per relation.
 A ``RelationBank`` holds the vectors with their quality; ``passing`` keeps those that pass.
+Saved with a model, a bank's files are ``fvlens.vectors`` files (the model's fingerprint
+inside, checked on load); files of the older relational format are still read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +30,9 @@ from fvlens.relational.quality import (DEFAULT_PASS_RATIO, VectorQuality, icl_re
                                        multi_token_share)
 from fvlens.steering import FunctionVector
 from fvlens.tasks import Task, load_task
+from fvlens.vectors import FORMAT
+from fvlens.vectors import load_vector as load_model_vector
+from fvlens.vectors import save_vector as save_model_vector
 
 __all__ = ["RelationBank", "fit_relations", "build_bank", "parse_candidates", "Fitted"]
 
@@ -91,17 +97,24 @@ class RelationBank:
         return [n for n, q in zip(self.names, self.quality)
                 if q is None or dataclasses.replace(q, **over).passes]
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``folder/{name}.safetensors`` per relation (quality in the metadata)."""
+    def save(self, folder: str | Path, model: HookedTransformer | None = None) -> Path:
+        """Write ``folder/{name}.safetensors`` per relation (quality in the metadata): with
+        ``model``, ``fvlens.vectors`` files carrying its fingerprint; without, the older
+        relational format (no model identity)."""
         folder = Path(folder)
         for n, v, q in zip(self.names, self.vectors, self.quality):
             meta = {"relation": n} | ({"quality": q.to_json()} if q is not None else {})
-            save_vector(folder / f"{n}.safetensors", v, meta=meta)
+            if model is not None:
+                save_model_vector(v, folder / f"{n}.safetensors", model, meta=meta)
+            else:
+                save_vector(folder / f"{n}.safetensors", v, meta=meta)
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, names: Sequence[str] | None = None) -> RelationBank:
-        """Read every ``*.safetensors`` FV in ``folder`` (or only ``names``), sorted by name."""
+    def load(cls, folder: str | Path, names: Sequence[str] | None = None,
+             model: HookedTransformer | None = None) -> RelationBank:
+        """Read every ``*.safetensors`` FV in ``folder`` (or only ``names``), sorted by name;
+        with ``model``, a file made on another model is refused (``fvlens.vectors``)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"bank folder {folder} does not exist; build one with "
@@ -116,13 +129,24 @@ class RelationBank:
             files = [f for f in files if f.stem in set(names)]
         if not files:
             raise ValueError(f"bank folder {folder} holds no .safetensors vectors")
-        loaded = [(f.stem, *load_vector(f)) for f in files]
+        loaded = [(f.stem, *_read(f, model)) for f in files]
         dfvs = sorted(n for n, v, _ in loaded if not isinstance(v, FunctionVector))
         if dfvs:
             raise ValueError(f"bank {folder} holds DFVs {dfvs}; a bank holds FVs only")
         return cls(names=tuple(n for n, _, _ in loaded), vectors=tuple(v for _, v, _ in loaded),
                    quality=tuple(VectorQuality.from_json(m["quality"]) if "quality" in m
                                  else None for _, _, m in loaded))
+
+
+def _read(path: Path, model: HookedTransformer | None) -> tuple:
+    """One bank file of either format: ``(vector, meta)``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = (f.metadata() or {}).get("fvlens")
+    if header is not None and json.loads(header).get("format") == FORMAT:
+        return load_model_vector(path, model), json.loads(header).get("meta", {})
+    return load_vector(path)
 
 
 def parse_candidates(spec: str | Sequence) -> list[dict]:
@@ -239,5 +263,5 @@ def build_bank(model: HookedTransformer, tasks: Sequence[str | Task], folder: st
                         vectors=tuple(f.result.vector for f in fitted),
                         quality=tuple(f.quality for f in fitted))
     if folder is not None:
-        bank.save(folder)
+        bank.save(folder, model)
     return bank, fitted
