@@ -1,15 +1,23 @@
-"""Relational-knowledge benchmark on the embedded model; writes JSON (one section per part).
+"""Relational-knowledge benchmark on one model; writes JSON (one section per part).
 
-    python benchmarks/relational.py --out benchmarks/results/relational.json \
-        --sections finetune,decoding,analogies,similarity [--ratings FILE]
+    python benchmarks/relational.py [--model smollm2-135m] \
+        --out benchmarks/results/relational.json \
+        --sections finetune,decoding,bank,analogies,similarity [--ratings FILE]
 
 - finetune: held-out zero-shot top-1 of zero-shot, 10-shot ICL, the extracted AIE and AttnLRP
   FVs, and fine-tuned FVs from every init (aie, attnlrp, zeros, random) plus the fine-tuned
   DFV, for the acceptance tasks (capitalize, present-past).
 - decoding: the relation-word rank of extracted vs fine-tuned FVs (same tasks).
-- analogies: a bank of fine-tuned FVs (init zeros at layer n_layers // 3) over the built-in
-  word relations; tasks/analogies.jsonl under every condition.
-- similarity: relation and pair levels on the ratings file (never copied into the repo).
+- bank: one fine-tuned FV per built-in word relation, its layer chosen on validation among
+  --candidates, each with its quality (validation top-1 vs the ICL reference on the same
+  queries); the vectors are saved to --bank.
+- analogies: tasks/analogies.jsonl and tasks/analogies_hard.jsonl under every condition and
+  composite variant (options chosen on validation items, reported on test with bootstrap
+  intervals), on the passing bank and on all of it.
+- similarity: relation vectors of the ratings' subtypes (one layer for all, chosen on
+  validation), their quality, relation level on all and on the passing ones, pair level. The
+  ratings file is read from ../shared/data and never copied; per-relation-pair mean ratings
+  are dropped from the JSON.
 
 Sections already in the output file are kept unless re-run, so parts can run separately.
 """
@@ -29,12 +37,12 @@ from fvlens.provenance import machine, versions
 
 TASKS = ("capitalize", "present-past")
 RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "relsim" / \
-    "relsim_mean_ratings.csv"
+    "relsim_mean_ratings.csv"  # ../shared/data beside the checkout
 
 
 def bench_finetune(model, tasks, steps: int) -> tuple[dict, dict]:
     from fvlens.evaluation import evaluate
-    from fvlens.pipeline import extract_vectors
+    from fvlens.plan import extract_vectors
     from fvlens.prompts import icl_prompts, zero_shot_prompts
     from fvlens.relational.finetune import FinetuneConfig, split_pairs, finetune
 
@@ -104,53 +112,106 @@ def bench_decoding(model, vectors) -> dict:
     return out
 
 
-def bench_analogies(model, bank_dir: Path, steps: int) -> dict:
-    from fvlens.relational.analogies import (ITEM_RELATIONS, build_bank, evaluate_analogies,
-                                             load_items)
-    from fvlens.relational.composite import CompositeConfig, RelationBank
+def _section(fn, *args, **kw) -> dict:
+    """Run one section and record its own provenance (sections of one file can come from
+    different runs)."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return out | {"provenance": {"machine": machine(), "versions": versions(),
+                                 "seconds": time.perf_counter() - t0,
+                                 "date": time.strftime("%Y-%m-%d")}}
+
+
+def _finetune_cfg(args, **over):
     from fvlens.relational.finetune import FinetuneConfig
+
+    kw = dict(init=args.init, target=args.target, steps=args.bank_steps, seed=0)
+    return FinetuneConfig(**(kw | over))
+
+
+def bench_bank(model, args) -> dict:
+    """The analogy bank: one FV per built-in word relation, its layer chosen on validation,
+    with its quality (validation top-1 vs the ICL reference)."""
+    from fvlens.relational.bank import build_bank
+    from fvlens.relational.itemgen import ITEM_RELATIONS
+    from fvlens.relational.quality import summarize
+
+    cfg = _finetune_cfg(args, pairs=20, n_val=30, layer=model.cfg.n_layers // 3)
+    bank, fitted = build_bank(model, ITEM_RELATIONS, Path(args.bank), cfg,
+                              candidates=args.candidates, pass_ratio=args.pass_ratio)
+    return {"settings": dataclasses.asdict(cfg) | {"candidates": args.candidates,
+                                                   "pass_ratio": args.pass_ratio},
+            "quality": summarize([f.quality for f in fitted]),
+            "candidates": {f.quality.name: f.candidates for f in fitted},
+            "folder": str(args.bank)}
+
+
+def bench_analogies(model, args) -> dict:
+    """Every condition and composite variant on both item files, on the passing bank and on
+    all of it."""
+    from fvlens.relational.analogies import AnalogyConfig, evaluate_analogies
+    from fvlens.relational.bank import RelationBank
+    from fvlens.relational.items import load_items
     from fvlens.tasks import task_dir
 
-    t0 = time.perf_counter()
-    layer = model.cfg.n_layers // 3
-    if not any(bank_dir.glob("*.safetensors")):
-        build_bank(model, ITEM_RELATIONS, bank_dir,
-                   FinetuneConfig(init="zeros", layer=layer, steps=steps))
-    t_bank = time.perf_counter() - t0
-    bank = RelationBank.load(bank_dir)
-    items = load_items(task_dir() / "analogies.jsonl")
-    cfg = CompositeConfig()
-    res = evaluate_analogies(model, items, bank, cfg=cfg)
-    res.pop("choices", None)
-    return res | {"bank_layer": layer, "bank_steps": steps, "bank_seconds": t_bank,
-                  "composite": dataclasses.asdict(cfg),
-                  "seconds": time.perf_counter() - t0}
+    bank = RelationBank.load(args.bank, model=model)
+    items = [it for f in ("analogies.jsonl", "analogies_hard.jsonl")
+             for it in load_items(task_dir() / f)]
+    cfg = AnalogyConfig()
+    out = {"settings": dataclasses.asdict(cfg), "n_items": len(items), "banks": {}}
+    passing = bank.passing(args.pass_ratio)
+    for label, names in (("passing", passing), ("all", list(bank.names))):
+        if label == "all" and len(names) == len(passing):
+            out["banks"]["all"] = {"same_as": "passing"}
+            continue
+        if not names:
+            out["banks"][label] = {"skipped": "no vector passes"}
+            continue
+        t0 = time.perf_counter()
+        out["banks"][label] = evaluate_analogies(model, items, bank.subset(names), cfg=cfg)
+        out["banks"][label]["seconds"] = time.perf_counter() - t0
+        print(label, json.dumps({c: v["mc"]["mean"] for c, v in
+                                 out["banks"][label]["test"].items()}), flush=True)
+    return out
 
 
-def bench_similarity(model, ratings: Path, steps: int) -> dict:
-    from fvlens.relational.finetune import FinetuneConfig
+def _strip_ratings(level: dict) -> None:
+    """The ratings stay out of the repository: drop each relation pair's mean rating."""
+    for r in level.values():
+        for item in r.get("items", []) if isinstance(r, dict) else []:
+            item.pop("rating", None)
+
+
+def bench_similarity(model, args) -> dict:
     from fvlens.relational.ratings import read_ratings
-    from fvlens.relational.similarity import run_similarity
+    from fvlens.relational.similarity_study import run_similarity
 
-    t0 = time.perf_counter()
-    cfg = FinetuneConfig(init="zeros", pairs=16, batch_size=8, steps=steps, val_fraction=0.25,
-                         test_fraction=0.2, n_test=None)
-    res, figs = run_similarity(model, read_ratings(ratings), finetune_cfg=cfg, max_rows=1500)
-    for r in res["relation_level"].values():  # the ratings stay out of the repository
-        for item in r["items"]:
-            item.pop("rating")
-    return res | {"finetune_cfg": dataclasses.asdict(cfg), "ratings_file": ratings.name,
-                  "seconds": time.perf_counter() - t0}
+    cfg = _finetune_cfg(args, pairs=16, batch_size=8, n_val=1000, test_fraction=0.2,
+                        n_test=None)
+    res, _ = run_similarity(model, read_ratings(args.ratings), finetune_cfg=cfg, max_rows=1500,
+                            candidates=args.sim_candidates, pass_ratio=args.pass_ratio)
+    for level in ("relation_level", "relation_level_passing"):
+        _strip_ratings(res.get(level, {}))
+    return res | {"settings": dataclasses.asdict(cfg) | {"candidates": args.sim_candidates},
+                  "ratings_file": Path(args.ratings).name}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default="benchmarks/results/relational.json")
-    ap.add_argument("--sections", default="finetune,decoding,analogies,similarity")
+    ap.add_argument("--sections", default="bank,analogies,similarity")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps (acceptance)")
     ap.add_argument("--bank-steps", type=int, default=30)
     ap.add_argument("--bank", default="/tmp/fvlens-relational-bank")
+    ap.add_argument("--candidates", default="10,screen",
+                    help="bank layer candidates (fvlens.relational.bank.parse_candidates)")
+    ap.add_argument("--sim-candidates", default="10",
+                    help="similarity layer candidates (one is chosen for all relations)")
+    ap.add_argument("--init", default="zeros")
+    ap.add_argument("--target", default="first")
+    ap.add_argument("--pass-ratio", type=float, default=0.5)
     ap.add_argument("--ratings", default=str(RATINGS))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -158,12 +219,12 @@ def main() -> None:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     from fvlens.models import load_model
 
-    model = load_model("smollm2-135m")
+    model = load_model(args.model)
     for p in model.parameters():
         p.requires_grad_(False)
     path = Path(args.out)
     result = json.loads(path.read_text()) if path.is_file() else {}
-    result |= {"benchmark": "relational", "model": "smollm2-135m", "machine": machine(),
+    result |= {"benchmark": "relational", "model": args.model, "machine": machine(),
                "versions": versions()}
     result.setdefault("settings", {})
 
@@ -179,12 +240,15 @@ def main() -> None:
     if "decoding" in sections:
         result["decoding"] = bench_decoding(model, vectors)
         dump()
+    if "bank" in sections:
+        result["bank"] = _section(bench_bank, model, args)
+        dump()
     if "analogies" in sections:
-        result["analogies"] = bench_analogies(model, Path(args.bank), args.bank_steps)
+        result["analogies"] = _section(bench_analogies, model, args)
         dump()
     if "similarity" in sections:
         if Path(args.ratings).is_file():
-            result["similarity"] = bench_similarity(model, Path(args.ratings), args.bank_steps)
+            result["similarity"] = _section(bench_similarity, model, args)
         else:
             result["similarity"] = {"skipped": f"ratings file {args.ratings} absent"}
         dump()

@@ -173,4 +173,4 @@ def steered(model: Model, cache: StepCache, *, start: int,
     """``steered_last`` or ``fvlens.injection.steered_evaluation``, whichever ``cache`` is for
     (the same arguments and result)."""
     run = steered_last if isinstance(cache, LastTokenCache) else steered_evaluation
-    return run(model, cache, start=start, vector=vector, fwd_hooks=fwd_hooks)
+    return run(model, cache, start=start, vector=vector, fwd_hooks=list(fwd_hooks))

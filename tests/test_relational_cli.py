@@ -13,7 +13,7 @@ import fvlens.models
 from fvlens.hooks import assert_no_hooks
 from fvlens.cli.relational import add_parsers
 from fvlens.relational.ratings import read_ratings
-from fvlens.relational.similarity import run_similarity
+from fvlens.relational.similarity_study import run_similarity
 from fvlens.tasks import load_task
 
 
@@ -31,10 +31,10 @@ def patched(monkeypatch, tiny_tok_model):
 
     from test_relational_finetune import _fake_vectors
 
-    finetune_module = importlib.import_module("fvlens.relational.finetune")
     monkeypatch.setattr(fvlens.models, "load_model", lambda *a, **k: tiny_tok_model)
-    monkeypatch.setattr(finetune_module, "extract_vectors",
-                        lambda model, task, **kw: _fake_vectors(model))
+    for name in ("fvlens.relational.finetune", "fvlens.relational.comparison"):
+        monkeypatch.setattr(importlib.import_module(name), "extract_vectors",
+                            lambda model, task, **kw: _fake_vectors(model))
     return tiny_tok_model
 
 
@@ -61,8 +61,28 @@ def test_parsers_registered():
     p = _parser()
     assert p.parse_args(["finetune", "--task", "antonym", "--out", "x"]).init == "aie"
     args = p.parse_args(["similarity", "--ratings", "r.csv", "--out", "x"])
-    assert args.pairs == 16 and args.steps == 30
-    assert p.parse_args(["analogies", "--bank", "b", "--out", "x"]).fit_steps == 20
+    assert args.pairs == 16 and args.steps == 30 and args.pass_ratio == 0.5
+    an = p.parse_args(["analogies", "--bank", "b", "--out", "x"])
+    assert an.fit_steps == 20 and an.n_val == 30 and "top_m" in an.conditions
+
+
+@pytest.mark.parametrize("command", ["finetune", "similarity", "analogies"])
+def test_help_shows_the_true_defaults(command):
+    """Every option with a default shows it in --help, and the shown value is the parsed one
+    (the bank's fine-tuning steps: 30, as docs/relational.md says)."""
+    p = _parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    text = " ".join(sub.format_help().split())
+    required = {"finetune": ["--task", "T"], "similarity": ["--ratings", "R"],
+                "analogies": ["--bank", "B"]}[command]
+    parsed = vars(p.parse_args([command, *required, "--out", "o"]))
+    for action in sub._actions:
+        if (action.option_strings and not action.required and action.help
+                and "default" not in action.help
+                and all(action.default is not v for v in (None, False, argparse.SUPPRESS))):
+            assert f"(default:{parsed[action.dest]})" in text.replace(" ", ""), action.dest
+    steps = {"finetune": 60, "similarity": 30, "analogies": 30}[command]
+    assert parsed["steps"] == steps and f"Adam steps (default: {steps})" in text
 
 
 def test_cli_finetune_writes_results_and_vectors(patched, tmp_path):
@@ -81,17 +101,27 @@ def test_cli_finetune_writes_results_and_vectors(patched, tmp_path):
     assert_no_hooks(patched)
 
 
-def test_cli_analogies_builds_a_bank(patched, tmp_path):
+def test_cli_analogies_builds_a_bank_and_reports_every_variant(patched, tmp_path, capsys):
     items = tmp_path / "items.csv"
-    items.write_text("A,B,C,D,D_foil\nhot,cold,big,small,tall\nwalk,walked,jump,jumped,jump\n")
+    items.write_text("A,B,C,D,D_foil\nhot,cold,big,small,tall\nwalk,walked,jump,jumped,jump\n"
+                     "up,down,in,out,up\ngo,went,see,saw,see\n")
     args = _parser().parse_args(
         ["analogies", "--items", str(items), "--bank", str(tmp_path / "bank"),
-         "--build-bank", "antonym,present-past", "--layer", "1", "--steps", "2", "--pairs", "4",
-         "--batch-size", "2", "--lr", "0.05", "--fit-steps", "2", "--out", str(tmp_path / "an")])
+         "--build-bank", "antonym,present-past", "--layer", "1", "--candidates", "1,2",
+         "--steps", "2", "--pairs", "4", "--n-val", "4", "--batch-size", "2", "--lr", "0.05",
+         "--fit-steps", "2", "--n-boot", "20", "--val-fraction", "0.5",
+         "--out", str(tmp_path / "an")])
     assert args.func(args) == 0
     res = json.loads((tmp_path / "an" / "results.json").read_text())
-    assert res["bank"] == ["antonym", "present-past"]
-    assert set(res["accuracy"]) == {"none", "icl", "single_best", "oracle", "composite"}
+    assert res["quality"]["n"] == 2 and len(res["quality"]["rows"]) == 2
+    label = "all" if "all" in res["banks"] else "passing"
+    bank_res = res["banks"][label]
+    if "skipped" not in bank_res:
+        assert set(bank_res["test"]) == {"none", "icl", "single_best", "oracle", "softmax",
+                                         "affine", "similarity", "top_m"}
+        assert bank_res["composite"]["variant"] in ("softmax", "affine", "similarity", "top_m")
+    out = capsys.readouterr().out
+    assert "relation vectors pass" in out
     args = _parser().parse_args(["analogies", "--items", str(items), "--bank",
                                  str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
     with pytest.raises(FileNotFoundError, match="build-bank"):
@@ -101,23 +131,29 @@ def test_cli_analogies_builds_a_bank(patched, tmp_path):
 def test_cli_similarity_writes_json_and_html(patched, tmp_path, capsys):
     ratings = _ratings_from_tasks(tmp_path / "r.csv")
     args = _parser().parse_args(
-        ["similarity", "--ratings", str(ratings), "--layer", "1", "--steps", "2", "--pairs", "4",
-         "--batch-size", "2", "--lr", "0.05", "--icl-shots", "1", "--n-perm", "20", "--n-boot", "20",
-         "--out", str(tmp_path / "sim")])
+        ["similarity", "--ratings", str(ratings), "--layer", "1", "--candidates", "1",
+         "--steps", "2", "--pairs", "3", "--batch-size", "3", "--lr", "0.05", "--icl-shots", "1",
+         "--n-perm", "20", "--n-boot", "20", "--pass-ratio", "0", "--out", str(tmp_path / "sim")])
     assert args.func(args) == 0
     res = json.loads((tmp_path / "sim" / "results.json").read_text())
     assert set(res["relation_level"]) == {"icl_mean", "unembed_diff", "random", "finetuned"}
     assert set(res["pair_level"]) == {"resid", "unembed_diff", "random"}
     assert res["relation_level"]["finetuned"]["n"] == 3
+    q = res["quality"]
+    assert q["n"] == 3 and q["ratio"] == 0 and len(q["rows"]) == 3
+    assert all(set(r) >= {"val_top1", "icl_top1", "passes", "reason"} for r in q["rows"])
     assert (tmp_path / "sim" / "pair_level_scatter.html").is_file()
     assert (tmp_path / "sim" / "relation_level_scatter.html").is_file()
-    # the printed summary gives both correlations of every row, with the CI where there is one
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "_level" in ln]
-    assert len(lines) == 7 and all("spearman" in ln and "pearson" in ln for ln in lines)
-    pair = res["pair_level"]["resid"].get("all", res["pair_level"]["resid"])
-    if pair["spearman"]["ci95"]:
-        lo, hi = pair["spearman"]["ci95"]
-        assert f"[{lo:+.2f}, {hi:+.2f}]" in next(ln for ln in lines if "resid" in ln)
+    out = capsys.readouterr().out
+    assert f"{q['n_pass']} of 3 relation vectors pass" in out
+    if q["n_pass"] == 3:  # every vector passes: the passing level is the full one
+        sp = res["relation_level_passing"]["finetuned"]["spearman"]
+        assert "Spearman on the 3 passing relation vectors" in out
+        lo, hi = sp["ci95"]
+        assert f"[{lo:+.2f}, {hi:+.2f}]" in out
+    lines = [ln for ln in out.splitlines() if "_level" in ln]
+    assert all("spearman" in ln and "pearson" in ln for ln in lines)
+    assert sum(" relation_level " in ln for ln in lines) == 4
 
 
 def test_run_similarity_subsets_are_seeded(tiny_tok_model, tmp_path):

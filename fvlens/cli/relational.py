@@ -32,21 +32,44 @@ def _finetune_cfg(args: argparse.Namespace, **over):
     return FinetuneConfig(**(kw | over))
 
 
+def _add_quality_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--pass-ratio", type=float, default=0.5,
+                   help="a relation vector passes when its validation top-1 is ≥ this × the "
+                        "ICL top-1 on the same queries (and > 0)")
+    s.add_argument("--pass-metric", default="top1", choices=["top1", "top5"],
+                   help="what the pass rule compares: top-1, or first-token top-5 (graded, "
+                        "for relations with many right answers)")
+    s.add_argument("--candidates", default="default",
+                   help="settings tried per relation, chosen on validation: comma list of "
+                        "layers and 'screen' (ICL task-vector start at its best layer); "
+                        "default: --layer (or n_layers // 3) and screen")
+    s.add_argument("--target", default="first", choices=["first", "full"],
+                   help="train and score the first answer token or the whole answer")
+    s.add_argument("--init", default="zeros", choices=["zeros", "random", "icl_mean"],
+                   help="start of the relation vectors")
+    s.add_argument("--n-val", type=int, default=None,
+                   help="validation pairs per relation (capped at what the train split has "
+                        "beyond the training pairs; default: all for similarity, 30 for a bank)")
+
+
 def _add_finetune_options(s: argparse.ArgumentParser, *, steps: int = 60) -> None:
     s.add_argument("--pairs", type=int, default=20, help="training pairs")
     s.add_argument("--steps", type=int, default=steps, help="Adam steps")
     s.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: scale-aware, --lr-scale × activation RMS)")
-    s.add_argument("--lr-scale", type=float, default=0.05)
-    s.add_argument("--batch-size", type=int, default=10)
+    s.add_argument("--lr-scale", type=float, default=0.05,
+                   help="scale-aware learning rate factor")
+    s.add_argument("--batch-size", type=int, default=10, help="training pairs per step")
     s.add_argument("--layer", type=int, default=None,
-                   help="FV injection layer (default: the extracted FV's layer)")
-    s.add_argument("--seed", type=int, default=0)
+                   help="FV injection layer (default: the extracted FV's layer; for a bank "
+                        "n_layers // 3 beside the screened layer)")
+    s.add_argument("--seed", type=int, default=0, help="splits, batches, subsets")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from fvlens.relational.decoding import relation_word_rank
-    from fvlens.relational.finetune import held_out_comparison, save_vector
+    from fvlens.relational.comparison import held_out_comparison
+    from fvlens.relational.finetune import save_vector
     from fvlens.steering import FunctionVector
     from fvlens.tasks import load_task
 
@@ -82,19 +105,44 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ci(c) -> str:
+    return f"[{c[0]:+.2f}, {c[1]:+.2f}]" if c else "[no CI]"
+
+
+def _quality_table(rows: list[dict]) -> str:
+    from fvlens.tables import format_table
+
+    table = [{"relation": r["name"], "layer": r["layer"], "val_top1": r["val_top1"],
+              "icl_top1": r["icl_top1"], "val_top5": r["val_top5"], "icl_top5": r["icl_top5"],
+              "n_val": r["n_val"], "train_top1": r["train_top1"],
+              "test_top1": r["test_top1"] if r["test_top1"] is not None else "",
+              "pass": "yes" if r["passes"] else "no", "reason": r["reason"]} for r in rows]
+    return format_table(table, ["relation", "layer", "val_top1", "icl_top1", "val_top5",
+                                "icl_top5", "n_val", "train_top1", "test_top1", "pass",
+                                "reason"])
+
+
+def _pass_line(q: dict) -> str:
+    m = q.get("metric", "top1")
+    return (f"{q['n_pass']} of {q['n']} relation vectors pass (validation {m} ≥ "
+            f"{q['ratio']} × ICL {m} on the same queries, and > 0)")
+
+
 def cmd_similarity(args: argparse.Namespace) -> int:
     from fvlens.relational.ratings import read_ratings
-    from fvlens.relational.similarity import run_similarity
+    from fvlens.relational.similarity_study import run_similarity
 
     rows = read_ratings(args.ratings)
     model = load_from_args(args)
-    cfg = _finetune_cfg(args, init="zeros", inject="fv", val_fraction=0.25, test_fraction=0.2,
-                        n_test=None)
+    cfg = _finetune_cfg(args, init=args.init, inject="fv", target=args.target,
+                        val_fraction=0.25, n_val=args.n_val, test_fraction=0.2, n_test=None)
     t0 = time.perf_counter()
     res, figs = run_similarity(
         model, rows, layer=args.layer, n_relations=args.relations, max_rows=args.max_rows,
-        finetune_cfg=None if args.no_finetune else cfg, icl_shots=args.icl_shots,
-        n_perm=args.n_perm, n_boot=args.n_boot, seed=args.seed)
+        finetune_cfg=None if args.no_finetune else cfg, candidates=args.candidates,
+        pass_ratio=args.pass_ratio, metric=args.pass_metric, icl_shots=args.icl_shots,
+        n_perm=args.n_perm,
+        n_boot=args.n_boot, seed=args.seed)
     out = Path(args.out)
     from fvlens.plots import save
 
@@ -102,28 +150,60 @@ def cmd_similarity(args: argparse.Namespace) -> int:
         save(fig, out / f"{name}.html")
     results = _provenance(args.model, {k: v for k, v in vars(args).items() if k != "func"}) | res
     results["seconds"] = time.perf_counter() - t0
-    for level in ("relation_level", "pair_level"):
-        for rep, r in res[level].items():
+    q = res.get("quality")
+    if q:
+        print(_quality_table(q["rows"]))
+        print(_pass_line(q))
+        passing = res.get("relation_level_passing", {}).get("finetuned")
+        if passing:
+            sp = passing["spearman"]
+            print(f"Spearman on the {q['n_pass']} passing relation vectors: {sp['r']:+.3f} "
+                  f"{_ci(sp['ci95'])} (n={passing['n']} rated relation pairs, p={sp['p_perm']})")
+        else:
+            print(f"no relation-level correlation on the passing vectors: "
+                  f"{res.get('relation_level_passing', {}).get('skipped', 'none pass')}")
+    for level in ("relation_level", "relation_level_passing", "pair_level"):
+        for rep, r in res.get(level, {}).items():
+            if not isinstance(r, dict) or "n" not in r.get("all", r):
+                continue
             rr = r.get("all", r)
-            line = f"{level:>15} {rep:>14}: n={rr['n']:<5}"
+            line = f"{level:>22} {rep:>14}: n={rr['n']:<5}"
             for stat in ("spearman", "pearson"):
-                ci = rr[stat].get("ci95")
-                ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "[no CI]"
                 p = rr[stat].get("p_perm")
                 p_text = f"p={p:.3g}" if p is not None else "p=n/a"
-                line += f"  {stat} {rr[stat]['r']:+.3f} {ci_text} {p_text}"
+                line += f"  {stat} {rr[stat]['r']:+.3f} {_ci(rr[stat].get('ci95'))} {p_text}"
             print(line)
     print(f"wrote {write_results(out, results)}")
     return 0
 
 
+def _print_analogies(label: str, res: dict) -> None:
+    print(f"-- {label}: {len(res['bank'])} vectors, {res['split']['test']} test items "
+          f"({res['split']['val']} validation)")
+    for cond, r in res["test"].items():
+        parts = [f"{k} {r[k]['mean']:.3f} {_ci(r[k]['ci95'])}" for k in ("mc", "generative")
+                 if r[k]["mean"] is not None]
+        chosen = res["options"].get(cond, {}).get("chosen")
+        print(f"{cond:>12}: " + "  ".join(parts) + (f"  ({chosen})" if chosen else ""))
+    comp = res.get("composite")
+    if comp and "vs_single_best" in comp:
+        d = comp["vs_single_best"]
+        print(f"chosen composite (on {comp['selected_on']}): {comp['variant']}; minus single "
+              f"best on test: mc {d['mc']['diff']:+.3f} {_ci(d['mc']['ci95'])}, generative "
+              f"{d['generative']['diff']:+.3f} {_ci(d['generative']['ci95'])}")
+
+
 def cmd_analogies(args: argparse.Namespace) -> int:
-    from fvlens.relational.analogies import (CONDITIONS, ITEM_RELATIONS, build_bank,
-                                             evaluate_analogies, load_items)
-    from fvlens.relational.composite import CompositeConfig, RelationBank
+    from fvlens.relational.analogies import CONDITIONS, AnalogyConfig, evaluate_analogies
+    from fvlens.relational.bank import RelationBank, build_bank
+    from fvlens.relational.composite import CompositeConfig
+    from fvlens.relational.itemgen import ITEM_RELATIONS
+    from fvlens.relational.items import load_items
     from fvlens.tasks import task_dir
 
-    items = load_items(args.items or task_dir() / "analogies.jsonl")
+    paths = args.items.split(",") if args.items else [
+        str(task_dir() / "analogies.jsonl"), str(task_dir() / "analogies_hard.jsonl")]
+    items = [it for p in paths for it in load_items(p)]
     if args.max_items and len(items) > args.max_items:
         import random
 
@@ -132,39 +212,73 @@ def cmd_analogies(args: argparse.Namespace) -> int:
     bad = set(conditions) - set(CONDITIONS)
     if bad:
         raise ValueError(f"unknown conditions {sorted(bad)}; choose from {CONDITIONS}")
-    model = load_from_args(args)
     bank_dir = Path(args.bank)
+    if not any(bank_dir.glob("*.safetensors")) and not args.build_bank:
+        raise FileNotFoundError(f"bank {bank_dir} holds no vectors; pass --build-bank "
+                                f"(fine-tunes {','.join(ITEM_RELATIONS)[:60]}…) or fill it "
+                                "with `fvlens finetune --task T --out DIR`")
+    cfg = AnalogyConfig(fit=CompositeConfig(steps=args.fit_steps, lr=args.fit_lr),
+                        val_fraction=args.val_fraction, seed=args.seed,
+                        taus=tuple(float(t) for t in args.taus.split(",")),
+                        ms=tuple(int(m) for m in args.ms.split(",")), n_boot=args.n_boot)
+    model = load_from_args(args)
+    t0 = time.perf_counter()
     if not any(bank_dir.glob("*.safetensors")):
-        if not args.build_bank:
-            raise FileNotFoundError(f"bank {bank_dir} holds no vectors; pass --build-bank "
-                                    f"(fine-tunes {','.join(ITEM_RELATIONS)[:60]}…) or fill it "
-                                    "with `fvlens finetune --task T --out DIR`")
         tasks = ITEM_RELATIONS if args.build_bank == "default" else args.build_bank.split(",")
         build_bank(model, tasks, bank_dir, _finetune_cfg(
-            args, init="zeros", layer=args.layer if args.layer is not None
-            else model.cfg.n_layers // 3))
-    bank = RelationBank.load(bank_dir)
-    cfg = CompositeConfig(steps=args.fit_steps, lr=args.fit_lr, affine=not args.no_affine,
-                          init=args.fit_init)
-    t0 = time.perf_counter()
-    res = evaluate_analogies(model, items, bank, cfg=cfg, conditions=conditions)
+            args, init=args.init, target=args.target, n_val=args.n_val,
+            layer=args.layer if args.layer is not None
+            else model.cfg.n_layers // 3), candidates=args.candidates,
+            pass_ratio=args.pass_ratio, metric=args.pass_metric)
+    bank = RelationBank.load(bank_dir, model=model)
+    passing = bank.passing(args.pass_ratio, args.pass_metric)
     results = _provenance(args.model, {k: v for k, v in vars(args).items() if k != "func"}
-                          | {"composite": dataclasses.asdict(cfg)}) | res
+                          | {"analogy_config": dataclasses.asdict(cfg)})
+    if any(q is not None for q in bank.quality):
+        from fvlens.relational.quality import summarize
+
+        q = summarize([dataclasses.replace(q, ratio=args.pass_ratio, metric=args.pass_metric)
+                       for q in bank.quality if q is not None])
+        results["quality"] = q
+        print(_quality_table(q["rows"]))
+        print(_pass_line(q))
+    banks = {"passing": passing} if len(passing) == len(bank) else {
+        "passing": passing, "all": list(bank.names)}
+    results["banks"] = {}
+    for label, names in banks.items():
+        if not names:
+            results["banks"][label] = {"skipped": "no vector passes"}
+            continue
+        res = evaluate_analogies(model, items, bank.subset(names), cfg=cfg,
+                                 conditions=conditions)
+        results["banks"][label] = res
+        _print_analogies(f"bank: {label} vectors", res)
     results["seconds"] = time.perf_counter() - t0
-    for cond, r in res["accuracy"].items():
-        print(f"{cond:>12}: mc {r['mc']}  generative {r['generative']}  n={r['n']}")
     print(f"wrote {write_results(Path(args.out), results)}")
     return 0
 
 
+class _DEFAULTS(argparse.HelpFormatter):
+    """``--help`` shows every option's true default (unless its help already explains it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.required
+                or any(action.default is v for v in (None, argparse.SUPPRESS, False))):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def add_parsers(subparsers) -> None:
     """Register ``finetune``, ``similarity`` and ``analogies`` on ``fvlens``'s subparsers."""
-    s = subparsers.add_parser("finetune", help="fine-tune a task's FV/DFV on a few pairs and "
-                              "compare with extracted, random-init, zero-shot and ICL")
+    s = subparsers.add_parser("finetune", formatter_class=_DEFAULTS,
+                              help="fine-tune a task's FV/DFV on a few pairs and compare "
+                                   "with extracted, random-init, zero-shot and ICL")
     add_model_args(s)
-    s.add_argument("--task", required=True)
-    s.add_argument("--init", default="aie", choices=["aie", "attnlrp", "zeros", "random"])
-    s.add_argument("--inject", default="fv", choices=["fv", "dfv"])
+    s.add_argument("--task", required=True, help="task name or path")
+    s.add_argument("--init", default="aie", choices=["aie", "attnlrp", "zeros", "random"],
+                   help="start: an extracted vector (its head selection) or zeros/random")
+    s.add_argument("--inject", default="fv", choices=["fv", "dfv"], help="vector kind")
     s.add_argument("--k", type=int, default=20, help="heads of the extracted vector")
     s.add_argument("--shots", type=int, default=10,
                    help="ICL demonstrations (extraction and baseline)")
@@ -172,11 +286,12 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--no-compare", action="store_true",
                    help="skip the random-init and other-injection runs")
     _add_finetune_options(s)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="directory for results.json")
     s.set_defaults(func=cmd_finetune)
 
-    s = subparsers.add_parser("similarity", help="relation vectors vs human relation-"
-                              "similarity ratings (Chen, Peterson & Griffiths 2017)")
+    s = subparsers.add_parser("similarity", formatter_class=_DEFAULTS,
+                              help="relation vectors vs human relation-similarity ratings "
+                                   "(Chen, Peterson & Griffiths 2017)")
     add_model_args(s)
     s.add_argument("--ratings", required=True, help="mean-ratings CSV")
     s.add_argument("--relations", type=int, default=None,
@@ -187,31 +302,39 @@ def add_parsers(subparsers) -> None:
                    help="relation level without fine-tuned vectors (baselines only)")
     s.add_argument("--icl-shots", type=int, default=5,
                    help="demonstrations of the icl_mean relation vectors")
-    s.add_argument("--n-perm", type=int, default=1000)
-    s.add_argument("--n-boot", type=int, default=1000)
+    s.add_argument("--n-perm", type=int, default=1000, help="permutations of the p-values")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
+    _add_quality_options(s)
     _add_finetune_options(s, steps=30)
-    s.set_defaults(pairs=16, batch_size=8)
-    s.add_argument("--out", required=True)
+    s.set_defaults(pairs=16, batch_size=8, n_val=1000)
+    s.add_argument("--out", required=True, help="directory for results.json")
     s.set_defaults(func=cmd_similarity)
 
-    s = subparsers.add_parser("analogies", help="A:B::C:? with composite FVs over a bank of "
-                              "fine-tuned relation vectors, and baselines")
+    s = subparsers.add_parser("analogies", formatter_class=_DEFAULTS,
+                              help="A:B::C:? with composite FVs over a bank of fine-tuned "
+                                   "relation vectors, and baselines")
     add_model_args(s)
     s.add_argument("--items", default=None,
-                   help=".jsonl (SAT style) or .csv (A,B,C,D[,D_foil]); default "
-                        "tasks/analogies.jsonl")
+                   help="comma list of .jsonl (SAT style) or .csv (A,B,C,D[,D_foil]) files; "
+                        "default tasks/analogies.jsonl,tasks/analogies_hard.jsonl")
     s.add_argument("--bank", required=True,
                    help="folder of fine-tuned FVs ({relation}.safetensors)")
     s.add_argument("--build-bank", default=None, metavar="TASKS",
                    help="fine-tune the bank first when the folder is empty: 'default' or a "
                         "comma list of tasks")
-    s.add_argument("--conditions", default=",".join(("none", "icl", "single_best", "oracle",
-                                                     "composite")))
-    s.add_argument("--fit-steps", type=int, default=20)
-    s.add_argument("--fit-lr", type=float, default=0.3)
-    s.add_argument("--fit-init", default="uniform", choices=["uniform", "best"])
-    s.add_argument("--no-affine", action="store_true", help="weights sum to 1 (no scale)")
+    s.add_argument("--conditions", default=",".join(
+        ("none", "icl", "single_best", "oracle", "softmax", "affine", "similarity", "top_m")),
+        help="conditions evaluated")
+    s.add_argument("--fit-steps", type=int, default=20, help="Adam steps of fitted weights")
+    s.add_argument("--fit-lr", type=float, default=0.3, help="Adam lr of fitted weights")
+    s.add_argument("--taus", default="0.05,0.1,0.2", help="similarity temperatures tried")
+    s.add_argument("--ms", default="2,3,5", help="top_m mixture sizes tried")
+    s.add_argument("--val-fraction", type=float, default=0.3,
+                   help="items on which options and the composite variant are chosen")
+    s.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
     s.add_argument("--max-items", type=int, default=0, help="seeded subset (0 = all)")
-    _add_finetune_options(s)
-    s.add_argument("--out", required=True)
+    _add_quality_options(s)
+    _add_finetune_options(s, steps=30)
+    s.set_defaults(n_val=30)
+    s.add_argument("--out", required=True, help="directory for results.json")
     s.set_defaults(func=cmd_analogies)

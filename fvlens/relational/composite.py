@@ -1,112 +1,64 @@
-"""Composite function vectors: a weighted sum over a bank of relation vectors.
+"""Composite function vectors: per-item weights over a bank of relation vectors.
 
-A ``RelationBank`` holds one fine-tuned FV per relation (each with its own injection layer).
-For an analogy ``A:B::C:?`` ``fit_weights`` finds weights w = softmax(α) (optionally times a
-learned scale e^s) that make the model answer B to ``Q: A\\nA:`` when Σ_i w_i v_i is added (each
-v_i at its own layer, last position); the same weighted sum is then applied to ``Q: C\\nA:``.
-All items of a batch are fitted together, each with its own weights (the per-row hook adds
-row b's own composite), so one forward/backward pass serves the whole batch.
+For an analogy ``A:B::C:?`` a composite is Σ_i w_i v_i, each bank vector v_i added at its own
+layer at the last prompt position; the weights come from the stem ``A:B`` only. Variants:
+
+- ``softmax``: w = softmax(α), fitted with Adam so that the steered ``Q: A\\nA:`` gives B
+  (the summed log-probability of B's tokens); the weights sum to 1.
+- ``affine``: w = e^s · softmax(α) + β: the softmax weights under a learned scale and bias over
+  the bank (Kang, Wu & Lu's "affine transformation"; β lets a vector enter with a negative
+  weight), fitted the same way.
+- ``similarity``: no fitting: w = softmax(cos(r_AB, v_i) / τ) over the bank, where r_AB is the
+  stem's own ICL representation at v_i's layer (``pair_deltas``) and both sides are centred.
+- ``top_m``: a sparse mixture: the m bank vectors that alone give B the highest probability,
+  weighted by that probability (a posterior over relations under a uniform prior).
+
+Options that every variant shares or that its grid tries: ``init`` "best" starts a fit near
+the single best vector; ``renorm`` rescales a mixture to the weighted mean norm of its
+vectors (a convex mixture of vectors pointing apart is shorter than each). The grids are
+chosen on validation items (``fvlens.relational.analogies``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-
-from fvlens.hooks import HookList, frozen_parameters, hook_name
 from fvlens.modeltype import Model
-from fvlens.relational.finetune import grad_last_logits, load_vector, save_vector
-from fvlens.steering import FunctionVector
+
+from fvlens.batch import PromptBatch
+from fvlens.hooks import HookList, frozen_parameters, hook_name
+from fvlens.prompts import DEFAULT_TEMPLATE, pad_token_id, tokenize, zero_shot_prompts
+from fvlens.relational.answers import add_rows_at_positions
+from fvlens.relational.bank import RelationBank
+from fvlens.relational.scoring import RowScorer
+from fvlens.relational.taskvec import last_residuals
 from fvlens.tasks import Pair
 
-__all__ = ["RelationBank", "CompositeConfig", "fit_weights", "composite_hooks",
-           "add_rows_at_positions"]
+__all__ = ["VARIANTS", "CompositeConfig", "RelationBank", "composite_edits", "composite_hooks",
+           "fit_weights", "similarity_weights", "top_m_weights", "renormalize", "pair_deltas",
+           "bank_similarity", "add_rows_at_positions"]
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RelationBank:
-    """Named relation vectors, each a ``FunctionVector`` with its injection layer.
-
-    Attributes:
-        names: the relation (task) names.
-        vectors: one FunctionVector per name, each with ``layer`` set.
-    """
-
-    names: tuple[str, ...]
-    vectors: tuple[FunctionVector, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.names) != len(self.vectors) or not self.names:
-            raise ValueError(f"a bank needs one vector per name and at least one: "
-                             f"{len(self.names)} names, {len(self.vectors)} vectors")
-        if len(set(self.names)) != len(self.names):
-            raise ValueError(f"duplicate relation names in the bank: {self.names}")
-        for n, v in zip(self.names, self.vectors):
-            if not isinstance(v, FunctionVector) or v.layer is None:
-                raise ValueError(f"bank vector {n!r} must be a FunctionVector with a layer "
-                                 "(fine-tune with inject='fv')")
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def index(self, name: str) -> int:
-        if name not in self.names:
-            raise ValueError(f"relation {name!r} is not in the bank; it has {list(self.names)}")
-        return self.names.index(name)
-
-    def save(self, folder: str | Path) -> Path:
-        """Write ``folder/{name}.safetensors`` per relation."""
-        folder = Path(folder)
-        for n, v in zip(self.names, self.vectors):
-            save_vector(folder / f"{n}.safetensors", v, meta={"relation": n})
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path, names: Sequence[str] | None = None) -> RelationBank:
-        """Read every ``*.safetensors`` FV in ``folder`` (or only ``names``), sorted by name."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"bank folder {folder} does not exist; build one with "
-                                    "`fvlens finetune --task T --out DIR` per task or "
-                                    "fvlens.relational.analogies.build_bank")
-        files = sorted(folder.glob("*.safetensors"))
-        if names is not None:
-            have = {f.stem for f in files}
-            missing = set(names) - have
-            if missing:
-                raise ValueError(f"bank {folder} lacks {sorted(missing)}; it has {sorted(have)}")
-            files = [f for f in files if f.stem in set(names)]
-        if not files:
-            raise ValueError(f"bank folder {folder} holds no .safetensors vectors")
-        loaded = [(f.stem, load_vector(f)[0]) for f in files]
-        fvs = [(n, v) for n, v in loaded if isinstance(v, FunctionVector)]
-        if len(fvs) < len(loaded):
-            skipped = sorted(n for n, v in loaded if not isinstance(v, FunctionVector))
-            raise ValueError(f"bank {folder} holds DFVs {skipped}; a bank holds FVs only")
-        return cls(names=tuple(n for n, _ in fvs), vectors=tuple(v for _, v in fvs))
+VARIANTS = ("softmax", "affine", "similarity", "top_m")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CompositeConfig:
-    """How the weights of a composite vector are fitted.
+    """How fitted composite weights are found.
 
     Attributes:
-        steps: Adam steps on the A:B prompt.
-        lr: Adam learning rate of the weight logits (and of the log-scale).
-        affine: also learn a scale e^s of the weighted sum (else the scale stays 1).
-        init: "uniform" (α = 0) or "best" (α one-hot-ish toward the bank vector that gives B
-            the highest probability before fitting).
-        temperature_init: logit given to the best vector when ``init="best"``.
+        steps: Adam steps on the stems.
+        lr: Adam learning rate of α (and s, β).
+        init: "uniform" (α = 0) or "best" (α = ``temperature_init`` on the single best
+            vector, 0 elsewhere).
+        temperature_init: α of the best vector when ``init="best"``.
     """
 
     steps: int = 20
     lr: float = 0.3
-    affine: bool = True
     init: str = "uniform"
     temperature_init: float = 3.0
 
@@ -119,106 +71,121 @@ class CompositeConfig:
             raise ValueError(f"init must be 'uniform' or 'best', got {self.init!r}")
 
 
-def add_rows_at_positions(vectors: Tensor, positions: Tensor):
-    """Hook function adding ``vectors[b]`` at ``positions[b]`` of row b of the residual.
-
-    Args:
-        vectors: ``[batch, d_model]`` (may require grad).
-        positions: ``[batch]`` position per row (padded coordinates).
-    """
-
-    def hook(x: Tensor, hook) -> Tensor:
-        x = x.clone()
-        rows = torch.arange(x.shape[0], device=x.device)
-        x[rows, positions.to(x.device)] += vectors.to(device=x.device, dtype=x.dtype)
-        return x
-
-    return hook
+def composite_edits(bank: RelationBank, weights: Float[Tensor, "n n_bank"]
+                    ) -> dict[int, Float[Tensor, "n d_model"]]:
+    """Per layer, each row's Σ_i w_i v_i over the bank vectors at that layer."""
+    if weights.shape[1] != len(bank):
+        raise ValueError(f"weights have {weights.shape[1]} columns for a bank of {len(bank)}")
+    out = {}
+    for layer in sorted(set(bank.layers)):
+        idx = [i for i, L in enumerate(bank.layers) if L == layer]
+        mat = torch.stack([bank.vectors[i].vector.float() for i in idx]).to(weights.device)
+        out[layer] = weights[:, idx] @ mat
+    return out
 
 
 def composite_hooks(bank: RelationBank, weights: Float[Tensor, "batch n_bank"], *,
                     positions: Int[Tensor, " batch"] | None = None) -> HookList:
-    """Per-row composite Σ_i weights[b, i] · v_i, each v_i added at its own layer.
-
-    Args:
-        bank: the relation vectors.
-        weights: per row, one weight per bank vector (already normalised and scaled).
-        positions: the position edited in each row; default the last (``-1``).
-    """
-    if weights.shape[1] != len(bank):
-        raise ValueError(f"weights have {weights.shape[1]} columns for a bank of {len(bank)}")
+    """Per-row composite as a hook list for a full forward pass (row b gets Σ_i weights[b, i]
+    v_i, each v_i at its own layer, at ``positions[b]``; default the last position)."""
     if positions is None:
         positions = torch.full((weights.shape[0],), -1, dtype=torch.long)
-    by_layer: dict[int, list[int]] = {}
-    for i, v in enumerate(bank.vectors):
-        by_layer.setdefault(int(v.layer), []).append(i)
-    out: HookList = []
-    for layer in sorted(by_layer):
-        idx = by_layer[layer]
-        mat = torch.stack([bank.vectors[i].vector.float() for i in idx])
-        out.append((hook_name("resid_post", layer),
-                    add_rows_at_positions(weights[:, idx] @ mat.to(weights.device), positions)))
-    return out
+    return [(hook_name("resid_post", layer), add_rows_at_positions(e, positions))
+            for layer, e in composite_edits(bank, weights).items()]
 
 
-def _weights(alpha: Tensor, log_scale: Tensor) -> Tensor:
-    return alpha.softmax(-1) * log_scale.exp()[:, None]
+def renormalize(bank: RelationBank, weights: Float[Tensor, "n n_bank"]) -> Tensor:
+    """Weights rescaled per row so that ‖Σ w_i v_i‖ = Σ |w_i| ‖v_i‖."""
+    mat = torch.stack([v.vector.float() for v in bank.vectors])
+    norm = (weights @ mat).norm(dim=-1)
+    want = weights.abs() @ mat.norm(dim=-1)
+    return weights * (want / norm.clamp_min(1e-8))[:, None]
 
 
-def fit_weights(model: Model, bank: RelationBank, stems: Sequence[Pair],
-                cfg: CompositeConfig = CompositeConfig(), *, batch_size: int = 32
-                ) -> Float[Tensor, "batch n_bank"]:
-    """Fit one weight vector per stem ``A:B`` so the composite makes ``Q: A\\nA:`` answer B.
-
-    Args:
-        stems: the analogies' first pairs (input A, output B; the target is B's first token).
-        cfg: the fitting settings.
-        batch_size: stems fitted together.
-
-    Returns:
-        ``[n_stems, n_bank]`` weights (softmax times the scale), detached.
-    """
-    from fvlens.prompts import zero_shot_prompts
-
-    out = []
-    with frozen_parameters(model):
-        for start in range(0, len(stems), batch_size):
-            batch = zero_shot_prompts(model, list(stems[start:start + batch_size]))
-            out.append(_fit_batch(model, bank, batch, cfg))
-    return torch.cat(out)
+def top_m_weights(logp: Float[Tensor, "n n_bank"], m: int) -> Tensor:
+    """The m vectors with the highest log p(B | v_i) per row, weighted by softmax(log p)."""
+    if not 1 <= m <= logp.shape[1]:
+        raise ValueError(f"m must be in [1, {logp.shape[1]}], got {m}")
+    top = logp.topk(m, dim=1)
+    w = torch.zeros_like(logp)
+    w.scatter_(1, top.indices, top.values.softmax(-1))
+    return w
 
 
-def single_vector_logprobs(model: Model, bank: RelationBank, batch
-                           ) -> Float[Tensor, "batch n_bank"]:
-    """log p(target) of each row under each bank vector alone (weight 1)."""
+def similarity_weights(sim: Float[Tensor, "n n_bank"], tau: float) -> Tensor:
+    """softmax(sim / τ) per row."""
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    return (sim / tau).softmax(-1)
+
+
+@torch.no_grad()
+def pair_deltas(model: Model, stems: Sequence[Pair], layers: Sequence[int]
+                ) -> dict[int, Float[Tensor, "n d_model"]]:
+    """Each stem's own ICL representation: the last-token ``hook_resid_post`` of ``Q: A\\nA:
+    B\\n\\nQ: A\\nA:`` minus that of ``Q: A\\nA:``, at each layer (what the one demonstration
+    adds where a function vector acts)."""
+    t = DEFAULT_TEMPLATE
+    texts = [t.query.format(x=p.input) + t.answer_prefix + p.output + t.demo_suffix
+             + t.query.format(x=p.input) for p in stems]
+    demo = PromptBatch.from_rows([tokenize(model, s)[0] for s in texts], [0] * len(stems),
+                                 kind="icl", pad_id=pad_token_id(model), queries=list(stems))
+    with_demo = last_residuals(model, demo)
+    alone = last_residuals(model, zero_shot_prompts(model, stems))
+    return {int(L): (with_demo[L] - alone[L]) for L in sorted(set(layers))}
+
+
+def bank_similarity(deltas: dict[int, Tensor], bank: RelationBank, *, center: bool = True
+                    ) -> Float[Tensor, "n n_bank"]:
+    """Cosine of each stem's delta (at v_i's layer) with each bank vector v_i; with
+    ``center`` the stems' mean delta per layer and the bank's mean vector are removed first
+    (both carry a large shared component)."""
+    vecs = torch.stack([v.vector.float() for v in bank.vectors])
+    if center:
+        vecs = vecs - vecs.mean(0)
     cols = []
-    with torch.no_grad():
-        for i in range(len(bank)):
-            w = torch.zeros(len(batch), len(bank))
-            w[:, i] = 1.0
-            logits = grad_last_logits(model, batch.tokens, batch.attention_mask,
-                                      composite_hooks(bank, w))
-            cols.append(logits.log_softmax(-1).gather(1, batch.targets[:, None])[:, 0].cpu())
+    for i, layer in enumerate(bank.layers):
+        d = deltas[layer].float()
+        if center:
+            d = d - d.mean(0)
+        cols.append(torch.nn.functional.cosine_similarity(d, vecs[i][None], dim=-1))
     return torch.stack(cols, 1)
 
 
-def _fit_batch(model, bank: RelationBank, batch, cfg: CompositeConfig) -> Tensor:
-    n = len(batch)
-    alpha = torch.zeros(n, len(bank))
+def fit_weights(stems: RowScorer, bank: RelationBank, cfg: CompositeConfig = CompositeConfig(),
+                *, affine: bool = False, logp: Tensor | None = None,
+                items: Sequence[int] | None = None) -> Float[Tensor, "n n_bank"]:
+    """Fit one weight vector per stem so that the steered ``Q: A\\nA:`` gives B.
+
+    Args:
+        stems: ``stem_scorer(model, items, start=min(bank.layers) + 1)``.
+        affine: fit w = e^s · softmax(α) + β (else w = softmax(α)).
+        logp: ``[n, n_bank]`` log p(B | v_i) (needed for ``init="best"``).
+        items: fit only these items (rows of the result for other items are uniform).
+
+    Returns:
+        ``[n_items, n_bank]`` weights, detached.
+    """
+    n, k = stems.n_items, len(bank)
+    alpha = torch.zeros(n, k)
     if cfg.init == "best":
-        best = single_vector_logprobs(model, bank, batch).argmax(1)
-        alpha[torch.arange(n), best] = cfg.temperature_init
+        if logp is None:
+            raise ValueError("init='best' needs logp (log p(B | each bank vector))")
+        alpha[torch.arange(n), logp.argmax(1).cpu()] = cfg.temperature_init
     alpha = torch.nn.Parameter(alpha)
     log_scale = torch.nn.Parameter(torch.zeros(n))
-    params = [alpha, log_scale] if cfg.affine else [alpha]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    targets = batch.targets.to(model.cfg.device)
-    for _ in range(cfg.steps):
-        logits = grad_last_logits(model, batch.tokens, batch.attention_mask,
-                                  composite_hooks(bank, _weights(alpha, log_scale)))
-        # sum over rows: each row's weights get only their own row's gradient
-        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return _weights(alpha, log_scale).detach()
+    bias = torch.nn.Parameter(torch.zeros(n, k))
+    opt = torch.optim.Adam([alpha, log_scale, bias] if affine else [alpha], lr=cfg.lr)
+
+    def weights() -> Tensor:
+        w = alpha.softmax(-1)
+        return w * log_scale.exp()[:, None] + bias if affine else w
+
+    with frozen_parameters(stems.model):
+        for _ in range(cfg.steps):
+            _, sc = stems.scores(composite_edits(bank, weights()), items=items)
+            loss = sc.row_nll.sum()  # each item's weights get only their own row's gradient
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return weights().detach()

@@ -1,9 +1,12 @@
 """Fine-tuned function vectors (Kang, Wu & Lu 2026): train the FV or DFV itself on ~20 pairs.
 
-The model stays frozen; only the vector is a parameter. The loss is the cross-entropy of the
-first target token at the last position of zero-shot prompts ``Q: {x}\\nA:`` with the vector
-applied through its hook list (``FunctionVector.hooks`` / ``DistributedFV.hooks``), so a
-fine-tuned vector is used exactly like an extracted one. Settings the paper leaves open
+The model stays frozen; only the vector is a parameter. The loss is the negative
+log-likelihood of the answer after the zero-shot prompt ``Q: {x}\\nA:`` with the vector added at
+the prompt's last position: of its first token (``target="first"``, the FV literature's
+measure) or of every token (``target="full"``, for relations whose answers are several tokens).
+A fine-tuned vector is used exactly like an extracted one (``vector.hooks()``). An FV at layer
+L trains on a cached ``blocks.{L}.hook_resid_post`` of its prompts (the blocks below the edit
+never change), so each step runs only the blocks above it. Settings the paper leaves open
 (validation split, learning-rate rule, schedule) are options of ``FinetuneConfig`` and are
 documented in ``docs/relational.md``.
 """
@@ -12,30 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
-
-from fvlens.evaluation import evaluate
-from fvlens.forward import forward_last
 from fvlens.modeltype import Model
+
+from fvlens.hooks import frozen_parameters
 from fvlens.plan import extract_vectors
-from fvlens.hooks import HookList, frozen_parameters, hook_name
-from fvlens.prompts import PromptBatch, icl_prompts, zero_shot_prompts
+from fvlens.prompts import zero_shot_prompts
+from fvlens.relational.answers import TARGETS
+from fvlens.relational.objective import Vector, grad_last_logits, residual_scale, score_vector
+from fvlens.relational.objective import value_of as _value
+from fvlens.relational.objective import with_value as _with
+from fvlens.relational.training import Job, edit_start, train_jobs
+from fvlens.relational.taskvec import screen_many, task_vectors
 from fvlens.steering import DistributedFV, FunctionVector
 from fvlens.tasks import Pair, Task, load_task
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "grad_last_logits", "split_pairs",
-           "residual_scale", "held_out_comparison", "save_vector", "load_vector", "INITS",
-           "INJECTS", "DEFAULT_LR_SCALE"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "finetune_many", "grad_last_logits",
+           "split_pairs",
+           "residual_scale", "score_vector", "save_vector", "load_vector", "INITS", "INJECTS",
+           "DEFAULT_LR_SCALE"]
 
-INITS = ("aie", "attnlrp", "zeros", "random")
+INITS = ("aie", "attnlrp", "zeros", "random", "icl_mean")
 INJECTS = ("fv", "dfv")
 # lr = DEFAULT_LR_SCALE × per-coordinate RMS of the activation being edited (the residual
 # stream at the injection layer's last token for an FV, the selected heads' z for a DFV).
@@ -43,7 +48,6 @@ INJECTS = ("fv", "dfv")
 # the value that took capitalize from 0.0 to 0.77 held-out top-1 in 60 full-batch steps
 # (docs/relational.md has the measured numbers).
 DEFAULT_LR_SCALE = 0.05
-Vector = FunctionVector | DistributedFV
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,17 +65,25 @@ class FinetuneConfig:
         inject: "fv" (one ``d_model`` vector at ``blocks.{layer}.hook_resid_post``) or "dfv"
             (one ``d_head`` offset per selected head at its ``hook_z``).
         init: "aie" / "attnlrp" (the vector ``extract_vectors`` builds with that selection),
-            "zeros", or "random" (normal, scaled to the extracted vector's norm).
-        layer: FV injection layer; None = the extracted FV's layer.
+            "zeros", "random" (normal, scaled to the extracted vector's norm), or "icl_mean"
+            (the ICL task vector of the training pairs at the layer, ``fvlens.relational.
+            taskvec``; with ``layer=None`` the layer whose task vector does best on the
+            validation pairs).
+        target: "first" (loss and top-1 on the answer's first token) or "full" (every token;
+            top-1 = the whole answer is the greedy continuation). "full" needs ``inject="fv"``.
+        layer: FV injection layer; None = the extracted FV's layer (or the screened one).
         heads_from: selection method giving the layer and heads when ``init`` is not a
-            selection method ("zeros", "random").
+            selection method ("zeros", "random", "icl_mean").
         k: heads per extracted vector.
         val_fraction: validation pairs, as a fraction of ``pairs`` (drawn from the train split,
             disjoint from the training pairs); the best step is chosen on them.
+        n_val: validation pairs as a number (overrides ``val_fraction``; capped at what the
+            train split has beyond the training pairs).
         eval_every: validation every this many steps (default: once per epoch).
         test_fraction: the task's test split (held out from extraction and fine-tuning).
         n_test: held-out queries evaluated (a seeded subset), None for all.
         shots: demonstrations of the extraction's ICL prompts and of the ICL baseline.
+        tv_shots: demonstrations of the prompts of the ``icl_mean`` task vector.
     """
 
     pairs: int = 20
@@ -82,23 +94,30 @@ class FinetuneConfig:
     seed: int = 0
     inject: str = "fv"
     init: str = "aie"
+    target: str = "first"
     layer: int | None = None
     heads_from: str = "aie"
     k: int = 20
     val_fraction: float = 0.5
+    n_val: int | None = None
     eval_every: int | None = None
     test_fraction: float = 0.3
     n_test: int | None = 50
     shots: int = 10
+    tv_shots: int = 5
 
     def __post_init__(self) -> None:
         if self.inject not in INJECTS:
             raise ValueError(f"inject must be one of {INJECTS}, got {self.inject!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.inject == "dfv" and (self.target == "full" or self.init == "icl_mean"):
+            raise ValueError("target='full' and init='icl_mean' train an FV; use inject='fv'")
         if self.heads_from not in ("aie", "attnlrp"):
             raise ValueError(f"heads_from must be 'aie' or 'attnlrp', got {self.heads_from!r}")
-        for name in ("pairs", "steps", "batch_size", "k", "shots"):
+        for name in ("pairs", "steps", "batch_size", "k", "shots", "tv_shots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
@@ -107,6 +126,8 @@ class FinetuneConfig:
             raise ValueError(f"lr_scale must be > 0, got {self.lr_scale}")
         if not 0 < self.val_fraction <= 2:
             raise ValueError(f"val_fraction must lie in (0, 2], got {self.val_fraction}")
+        if self.n_val is not None and self.n_val < 1:
+            raise ValueError(f"n_val must be ≥ 1 or None, got {self.n_val}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError("eval_every must be ≥ 1 or None (once per epoch)")
 
@@ -114,6 +135,13 @@ class FinetuneConfig:
     def selection(self) -> str:
         """The head-selection method that supplies the layer, heads and reference vector."""
         return self.init if self.init in ("aie", "attnlrp") else self.heads_from
+
+    @property
+    def needs_extraction(self) -> bool:
+        """Whether ``finetune`` runs ``extract_vectors`` (head scoring) for this config."""
+        if self.init in ("aie", "attnlrp") or self.inject == "dfv":
+            return True
+        return self.layer is None and self.init != "icl_mean"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,6 +157,10 @@ class FinetuneResult:
         lr: the learning rate used.
         config: the settings.
         train_pairs / val_pairs: the pairs used.
+        val_top1 / val_loss: of ``vector`` on the validation pairs (``config.target``).
+        train_top1 / train_loss: of ``vector`` on the training pairs (does it fit them?).
+        layer_screen: ``{layer: {"top1", "mean_rank"}}`` of the ICL task vector when
+            ``init="icl_mean"`` chose the layer, else None.
     """
 
     vector: Vector
@@ -139,48 +171,11 @@ class FinetuneResult:
     config: FinetuneConfig
     train_pairs: tuple[Pair, ...]
     val_pairs: tuple[Pair, ...]
-
-
-# --- forward with gradients ----------------------------------------------------------------
-
-
-def grad_last_logits(model: Model, tokens: Int[Tensor, "batch pos"],
-                     attention_mask: Int[Tensor, "batch pos"], fwd_hooks: HookList
-                     ) -> Float[Tensor, "batch vocab"]:
-    """Last-position logits with ``fwd_hooks`` applied and autograd on (unlike ``last_logits``).
-
-    Args:
-        tokens: left-padded token ids.
-        attention_mask: 1 for real tokens.
-        fwd_hooks: hook list (removed before returning; the graph stays).
-    """
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
-        return forward_last(model, tokens, attention_mask).float()
-
-
-@torch.no_grad()
-def residual_scale(model: Model, batch: PromptBatch, *, layer: int | None = None,
-                   heads: Sequence[tuple[int, int]] = ()) -> float:
-    """Per-coordinate RMS of the last-token activation a vector is added to.
-
-    Args:
-        batch: the prompts (left-padded).
-        layer: for an FV: RMS over ``blocks.{layer}.hook_resid_post[:, -1]``.
-        heads: for a DFV: RMS over ``blocks.{L}.attn.hook_z[:, -1, h]`` of the given heads.
-    """
-    if (layer is None) == (not heads):
-        raise ValueError("give exactly one of layer= (FV) or heads= (DFV)")
-    names = ([hook_name("resid_post", layer)] if layer is not None
-             else sorted({hook_name("z", a) for a, _ in heads}))
-    last = layer if layer is not None else max(a for a, _ in heads)
-    _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device),
-                                    attention_mask=batch.attention_mask.to(model.cfg.device),
-                                    names_filter=lambda n: n in names, stop_at_layer=last + 1)
-    if layer is not None:
-        x = cache[names[0]][:, -1].float()
-    else:
-        x = torch.cat([cache[hook_name("z", a)][:, -1, b].float() for a, b in heads], -1)
-    return float(x.pow(2).mean().sqrt())
+    val_top1: float = float("nan")
+    val_loss: float = float("nan")
+    train_top1: float = float("nan")
+    train_loss: float = float("nan")
+    layer_screen: dict | None = None
 
 
 # --- the training loop ---------------------------------------------------------------------
@@ -196,10 +191,11 @@ def split_pairs(task: Task, cfg: FinetuneConfig) -> tuple[list[Pair], list[Pair]
     train, test = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)
     pool = list(train.pairs)
     random.Random(cfg.seed).shuffle(pool)
-    n_val = max(1, round(cfg.val_fraction * cfg.pairs))
-    if len(pool) < cfg.pairs + n_val:
+    n_val = (max(1, round(cfg.val_fraction * cfg.pairs)) if cfg.n_val is None
+             else min(cfg.n_val, len(pool) - cfg.pairs))
+    if len(pool) < cfg.pairs + max(n_val, 1):
         raise ValueError(f"task {task.name!r} has {len(pool)} training-split pairs, fewer than "
-                         f"pairs + validation = {cfg.pairs} + {n_val}; lower pairs= or "
+                         f"pairs + validation = {cfg.pairs} + {max(n_val, 1)}; lower pairs= or "
                          "val_fraction=")
     test_q = list(test.pairs)
     if cfg.n_test is not None and len(test_q) > cfg.n_test:
@@ -208,13 +204,16 @@ def split_pairs(task: Task, cfg: FinetuneConfig) -> tuple[list[Pair], list[Pair]
 
 
 def _initial(model: Model, cfg: FinetuneConfig, reference: Vector | None,
-             layer: int | None, scale: float, gen: torch.Generator) -> Vector:
+             layer: int | None, scale: float, gen: torch.Generator,
+             icl_mean: Tensor | None = None) -> Vector:
     """The starting vector for ``cfg.init``."""
     if cfg.inject == "fv":
         d = model.cfg.d_model
         ref = reference.vector if isinstance(reference, FunctionVector) else None
         if cfg.init in ("aie", "attnlrp"):
             v = ref.clone()
+        elif cfg.init == "icl_mean":
+            v = icl_mean.clone()
         elif cfg.init == "zeros":
             v = torch.zeros(d)
         else:
@@ -238,14 +237,38 @@ def _initial(model: Model, cfg: FinetuneConfig, reference: Vector | None,
     return DistributedFV(heads=reference.heads, means=m)
 
 
-def _with(vector: Vector, value: Tensor) -> Vector:
-    if isinstance(vector, FunctionVector):
-        return dataclasses.replace(vector, vector=value)
-    return dataclasses.replace(vector, means=value)
-
-
-def _value(vector: Vector) -> Tensor:
-    return vector.vector if isinstance(vector, FunctionVector) else vector.means
+def _prepare(model: Model, task: Task, cfg: FinetuneConfig, vectors,
+             tv: Tensor | None = None, screen: dict | None = None) -> Job:
+    """Split, reference vector, layer, learning rate and initial vector of one task (``tv``
+    and ``screen``: its task vectors and layer screen, for ``init="icl_mean"``)."""
+    train_q, val_q, _ = split_pairs(task, cfg)
+    method = cfg.selection
+    if cfg.needs_extraction and vectors is None:
+        vectors = extract_vectors(model, task, select=(method,), k=cfg.k, seed=cfg.seed,
+                                  shots=cfg.shots)
+    if vectors is not None and method not in vectors.fv:
+        raise ValueError(f"vectors hold methods {sorted(vectors.fv)}, init/heads_from needs "
+                         f"{method!r}; extract with select=({method!r},)")
+    reference: Vector | None = None
+    if vectors is not None:
+        reference = (vectors.fv[method] if cfg.inject == "fv" else
+                     DistributedFV(heads=vectors.dfv[method].heads,
+                                   means=vectors.dfv[method].means * vectors.dfv_scale[method]))
+    layer = cfg.layer
+    if layer is None and screen is not None:
+        layer = min(screen, key=lambda L: (-screen[L]["top1"], screen[L]["mean_rank"], L))
+    if layer is None and isinstance(reference, FunctionVector):
+        layer = reference.layer
+    if cfg.inject == "fv" and not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer {layer} does not exist: the model has {model.cfg.n_layers}")
+    train_b = zero_shot_prompts(model, train_q)
+    scale = (residual_scale(model, train_b, layer=layer) if cfg.inject == "fv" else
+             residual_scale(model, train_b, heads=reference.heads))
+    lr = cfg.lr if cfg.lr is not None else cfg.lr_scale * scale
+    gen = torch.Generator().manual_seed(cfg.seed)
+    initial = _initial(model, cfg, reference, layer, scale, gen,
+                       None if tv is None else tv[layer])
+    return Job(name=task.name, train=train_q, val=val_q, initial=initial, lr=lr, screen=screen)
 
 
 def finetune(model: Model, task: str | Task, cfg: FinetuneConfig = FinetuneConfig(),
@@ -264,145 +287,61 @@ def finetune(model: Model, task: str | Task, cfg: FinetuneConfig = FinetuneConfi
     Returns:
         A ``FinetuneResult`` holding the best-validation vector.
     """
-    task = task if isinstance(task, Task) else load_task(task)
-    train_q, val_q, _ = split_pairs(task, cfg)
-    method = cfg.selection
-    needs_extract = cfg.init in ("aie", "attnlrp") or cfg.inject == "dfv" or cfg.layer is None
-    if needs_extract and vectors is None:
-        vectors = extract_vectors(model, task, select=(method,), k=cfg.k, seed=cfg.seed,
-                                  shots=cfg.shots)
-    if vectors is not None and method not in vectors.fv:
-        raise ValueError(f"vectors hold methods {sorted(vectors.fv)}, init/heads_from needs "
-                         f"{method!r}; extract with select=({method!r},)")
-    reference: Vector | None = None
-    if vectors is not None:
-        reference = (vectors.fv[method] if cfg.inject == "fv" else
-                     DistributedFV(heads=vectors.dfv[method].heads,
-                                   means=vectors.dfv[method].means * vectors.dfv_scale[method]))
-    layer = cfg.layer if cfg.layer is not None else (
-        reference.layer if isinstance(reference, FunctionVector) else None)
-    if cfg.inject == "fv" and not 0 <= layer < model.cfg.n_layers:
-        raise ValueError(f"layer {layer} does not exist: the model has {model.cfg.n_layers}")
+    return finetune_many(model, [task], cfg, vectors=[vectors], progress=progress)[0]
 
-    train_b = zero_shot_prompts(model, train_q)
-    val_b = zero_shot_prompts(model, val_q)
-    scale = (residual_scale(model, train_b, layer=layer) if cfg.inject == "fv" else
-             residual_scale(model, train_b, heads=reference.heads))
-    lr = cfg.lr if cfg.lr is not None else cfg.lr_scale * scale
-    gen = torch.Generator().manual_seed(cfg.seed)
-    initial = _initial(model, cfg, reference, layer, scale, gen)
 
-    param = torch.nn.Parameter(_value(initial).detach().clone().to(model.cfg.device))
-    live = _with(initial, param)
-    opt = torch.optim.Adam([param], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    bs = min(cfg.batch_size, len(train_q))
-    per_epoch = math.ceil(len(train_q) / bs)
-    eval_every = cfg.eval_every or per_epoch
-    order_rng = random.Random(cfg.seed)
+def finetune_many(model: Model, tasks: Sequence[str | Task],
+                  cfg: FinetuneConfig = FinetuneConfig(), *, vectors: Sequence | None = None,
+                  progress: bool = True) -> list[FinetuneResult]:
+    """Fine-tune one vector per task, the FVs that share a layer in one batch.
 
-    def validate() -> tuple[float, float]:
-        frozen = _with(initial, param.detach().clone().cpu())
-        with torch.no_grad():
-            logits = torch.cat([grad_last_logits(model, c.tokens, c.attention_mask,
-                                                 frozen.hooks()).cpu() for c in val_b.chunks(32)])
-        loss = float(torch.nn.functional.cross_entropy(logits, val_b.targets))
-        acc = float((logits.argmax(-1) == val_b.targets).float().mean())
-        return loss, acc
+    Each task keeps its own parameter, Adam state, learning rate, batch order and best step,
+    so the results equal separate ``finetune`` calls; a batch of many tasks reads the
+    model's weights once per step instead of once per task (on a CPU, small batches are
+    bound by that memory traffic, not by arithmetic).
 
+    Args:
+        tasks: task names, paths or Tasks.
+        vectors: per task, its ``extract_vectors`` result or None (see ``finetune``).
+    """
+    tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
+    vectors = list(vectors) if vectors is not None else [None] * len(tasks)
+    if len(vectors) != len(tasks):
+        raise ValueError(f"{len(vectors)} vectors for {len(tasks)} tasks")
+    tvs: list = [None] * len(tasks)
+    screens: list = [None] * len(tasks)
+    if cfg.init == "icl_mean":
+        splits = [split_pairs(t, cfg) for t in tasks]
+        tvs = [task_vectors(model, tr, shots=cfg.tv_shots, seed=cfg.seed) for tr, _, _ in splits]
+        if cfg.layer is None:  # one resumed pass per layer for all tasks
+            screens = screen_many(model, tvs, [zero_shot_prompts(model, va)
+                                               for _, va, _ in splits])
+    jobs = [_prepare(model, t, cfg, v, tv, sc)
+            for t, v, tv, sc in zip(tasks, vectors, tvs, screens)]
+    groups: dict[int, list[int]] = {}
+    for i, j in enumerate(jobs):  # DFVs hook per vector: one at a time
+        key = edit_start(model, j.initial) if cfg.inject == "fv" else -1 - i
+        groups.setdefault(key, []).append(i)
+    out: list[FinetuneResult | None] = [None] * len(jobs)
     fingerprint = _param_fingerprint(model)
-    history: list[dict] = []
     with frozen_parameters(model):
-        val_loss, val_acc = validate()
-        history.append({"step": 0, "train_loss": None, "val_loss": val_loss, "val_top1": val_acc,
-                        "lr": lr})
-        best = (val_acc, -val_loss, 0, param.detach().clone().cpu())
-        rows: list[int] = []
-        bar = tqdm(range(1, cfg.steps + 1), desc=f"finetune {task.name} {cfg.inject}/{cfg.init}",
-                   disable=not progress, leave=False)
-        for step in bar:
-            if len(rows) < bs:
-                perm = list(range(len(train_q)))
-                order_rng.shuffle(perm)
-                rows += perm
-            batch, rows = train_b.select(rows[:bs]), rows[bs:]
-            logits = grad_last_logits(model, batch.tokens, batch.attention_mask, live.hooks())
-            loss = torch.nn.functional.cross_entropy(logits, batch.targets.to(logits.device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % eval_every == 0 or step == cfg.steps:
-                val_loss, val_acc = validate()
-                history.append({"step": step, "train_loss": float(loss.detach()),
-                                "val_loss": val_loss, "val_top1": val_acc,
-                                "lr": sched.get_last_lr()[0]})
-                if (val_acc, -val_loss) > best[:2]:
-                    best = (val_acc, -val_loss, step, param.detach().clone().cpu())
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val_top1=f"{val_acc:.2f}")
+        for idx in groups.values():
+            trained = train_jobs(model, [jobs[i] for i in idx], steps=cfg.steps,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, target=cfg.target,
+                                 eval_every=cfg.eval_every, progress=progress,
+                                 desc=f"{cfg.inject}/{cfg.init}")
+            for i, t in zip(idx, trained):
+                j = jobs[i]
+                out[i] = FinetuneResult(
+                    vector=_with(j.initial, t.value), initial=j.initial,
+                    history=t.history, best_step=t.best_step, lr=j.lr, config=cfg,
+                    train_pairs=tuple(j.train), val_pairs=tuple(j.val), val_top1=t.val_top1,
+                    val_loss=t.val_loss, train_top1=t.train_top1, train_loss=t.train_loss,
+                    layer_screen=j.screen)
     if abs(_param_fingerprint(model) - fingerprint) > 1e-6 * max(1.0, abs(fingerprint)):
         raise AssertionError("model parameters changed during fine-tuning; only the vector may "
                              "be trained")
-    return FinetuneResult(vector=_with(initial, best[3]), initial=initial, history=tuple(history),
-                          best_step=best[2], lr=lr, config=cfg, train_pairs=tuple(train_q),
-                          val_pairs=tuple(val_q))
-
-
-# --- held-out comparison -------------------------------------------------------------------
-
-
-def held_out_comparison(model: Model, task: str | Task,
-                        cfg: FinetuneConfig = FinetuneConfig(), *,
-                        also: Sequence[str] = ("random_init", "finetuned_other"),
-                        vectors=None, progress: bool = True) -> dict:
-    """Held-out zero-shot top-1 of the baselines and the fine-tuned vectors of one task.
-
-    Args:
-        cfg: the main fine-tuning run ("finetuned").
-        also: extra runs: "random_init" (same settings, init="random") and
-            "finetuned_other" (the other injection, "fv" ↔ "dfv", same init).
-        vectors: the extracted vectors, if computed (see ``finetune``).
-
-    Returns:
-        ``{"held_out_top1": {"zero_shot", "icl", "extracted", "finetuned", ...}, "n_test",
-        "runs": {name: {...history...}}, "results": {name: FinetuneResult}}``.
-    """
-    task = task if isinstance(task, Task) else load_task(task)
-    unknown = set(also) - {"random_init", "finetuned_other"}
-    if unknown:
-        raise ValueError(f"unknown comparison runs {sorted(unknown)}; choose from "
-                         "('random_init', 'finetuned_other')")
-    _, _, test_q = split_pairs(task, cfg)
-    if vectors is None:
-        vectors = extract_vectors(model, task, select=(cfg.selection,), k=cfg.k, seed=cfg.seed,
-                                  shots=cfg.shots)
-    train_split, _ = task.split(test_fraction=cfg.test_fraction, seed=cfg.seed)
-    zs = zero_shot_prompts(model, test_q)
-    top1 = {"zero_shot": evaluate(model, zs).top1,
-            "icl": evaluate(model, icl_prompts(model, test_q, train_split, shots=cfg.shots,
-                                               seed=cfg.seed)).top1}
-    m = cfg.selection
-    extracted = {"fv": vectors.fv[m].hooks(),
-                 "dfv": vectors.dfv[m].hooks(scale=vectors.dfv_scale[m])}
-    top1["extracted"] = evaluate(model, zs, fwd_hooks=extracted[cfg.inject]).top1
-    other = "dfv" if cfg.inject == "fv" else "fv"
-    runs = {"finetuned": cfg}
-    if "random_init" in also:
-        runs["random_init"] = dataclasses.replace(cfg, init="random")
-    if "finetuned_other" in also:
-        runs[f"finetuned_{other}"] = dataclasses.replace(cfg, inject=other)
-        top1[f"extracted_{other}"] = evaluate(model, zs, fwd_hooks=extracted[other]).top1
-    results, info = {}, {}
-    for name, c in runs.items():
-        res = finetune(model, task, c, vectors=vectors, progress=progress)
-        results[name] = res
-        top1[name] = evaluate(model, zs, fwd_hooks=res.vector.hooks()).top1
-        info[name] = {"inject": c.inject, "init": c.init, "lr": res.lr,
-                      "best_step": res.best_step, "history": list(res.history),
-                      "layer": getattr(res.vector, "layer", None),
-                      "n_heads": len(res.vector.heads)}
-    return {"task": task.name, "n_test": len(test_q), "held_out_top1": top1, "runs": info,
-            "results": results}
+    return out  # type: ignore[return-value]
 
 
 # --- saving --------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ between-type). Two analyses (choices documented in ``docs/relational.md``):
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Sequence
 
@@ -25,17 +24,16 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from fvlens.modeltype import Model
 
 from fvlens.batch import pad_left
 from fvlens.forward import run_to
-from fvlens.modeltype import Model
 from fvlens.prompts import DEFAULT_TEMPLATE, icl_prompts, pad_token_id, tokenize
-from fvlens.relational.ratings import Rating, correlate, relation_pairs
+from fvlens.relational.ratings import Rating, correlate
 from fvlens.tasks import Pair, Task
 
 __all__ = ["relation_level", "pair_level", "pair_representations", "unembed_difference",
-           "icl_mean_vectors", "random_vectors", "random_draws", "scatter", "run_similarity",
-           "relation_task"]
+           "icl_mean_vectors", "random_vectors", "random_draws", "scatter", "relation_task"]
 
 def _cosine_matrix(vectors: Tensor) -> np.ndarray:
     v = torch.nn.functional.normalize(vectors.float(), dim=-1)
@@ -236,106 +234,3 @@ def relation_task(name: str, pairs: Sequence[Pair]) -> Task:
     """A relation subtype's pairs as a Task (for ``finetune``)."""
     return Task(name=name, description=f"relation subtype {name} of the ratings file",
                 pairs=tuple(pairs))
-
-
-# --- the whole analysis --------------------------------------------------------------------
-
-
-def run_similarity(model: Model, rows: Sequence[Rating], *, layer: int | None = None,
-                   n_relations: int | None = None, max_rows: int | None = 1500,
-                   finetune_cfg=None, icl_shots: int = 5, n_perm: int = 1000,
-                   n_boot: int = 1000, seed: int = 0, progress: bool = True
-                   ) -> tuple[dict, dict]:
-    """Relation- and pair-level alignment for every representation and baseline.
-
-    Args:
-        rows: the ratings.
-        layer: residual layer of the representations and of the fine-tuned vectors (default
-            ``finetune_cfg.layer`` or ``n_layers // 3``).
-        n_relations: seeded subset of relation subtypes (None = all); rows of the pair level
-            are restricted to these relations too.
-        max_rows: seeded subset of rows for the pair level (None or 0 = all).
-        finetune_cfg: ``FinetuneConfig`` of the per-relation fine-tuned FVs (``init`` "zeros"
-            needs no head scoring); None skips the fine-tuned relation vectors.
-        icl_shots: demonstrations of the ``icl_mean`` relation vectors.
-
-    Returns:
-        ``(results, figures)``: results has ``relation_level`` and ``pair_level`` dicts keyed
-        by representation; figures are plotly scatters by name.
-    """
-    from tqdm.auto import tqdm
-
-    rel = relation_pairs(rows)
-    names = sorted(rel)
-    if n_relations is not None and n_relations < len(names):
-        names = sorted(random.Random(seed).sample(names, n_relations))
-    keep = set(names)
-    rows = [r for r in rows if r.relation1 in keep and r.relation2 in keep]
-    rel = {n: rel[n] for n in names}
-    if layer is None:
-        layer = getattr(finetune_cfg, "layer", None)
-        layer = model.cfg.n_layers // 3 if layer is None else layer
-    stats = dict(n_perm=n_perm, n_boot=n_boot, seed=seed)
-    relation_vectors: dict[str, Tensor] = {
-        "icl_mean": icl_mean_vectors(model, rel, layer=layer, shots=icl_shots, seed=seed),
-        "unembed_diff": torch.stack([unembed_difference(model, rel[n]).mean(0) for n in names]),
-        "random": random_vectors(len(names), model.cfg.d_model, seed=seed),
-    }
-    ft_info = {}
-    if finetune_cfg is not None:
-        from fvlens.relational.finetune import finetune
-
-        cfg = dataclasses.replace(finetune_cfg, layer=layer)
-        vecs = []
-        for n in tqdm(names, desc="relation FVs", disable=not progress):
-            res = finetune(model, relation_task(n, rel[n]), cfg, progress=False)
-            vecs.append(res.vector.vector)
-            ft_info[n] = {"best_step": res.best_step, "lr": res.lr,
-                          "val_top1": max(h["val_top1"] for h in res.history),
-                          "val_top1_initial": res.history[0]["val_top1"]}
-        relation_vectors["finetuned"] = torch.stack(vecs)
-    results: dict = {"layer": layer, "relations": names, "n_rows": len(rows),
-                     "relation_level": {}, "pair_level": {}, "finetune": ft_info}
-    for rep, v in relation_vectors.items():
-        results["relation_level"][rep] = relation_level(rows, names, v, **stats)
-    quick = dict(n_perm=0, n_boot=0)
-    results["relation_level"]["random"]["chance"] = random_draws(
-        lambda v: relation_level(rows, names, v, **quick), len(names), model.cfg.d_model,
-        seed=seed)["all"]
-
-    pair_rows = list(rows)
-    if max_rows and len(pair_rows) > max_rows:
-        pair_rows = random.Random(seed).sample(pair_rows, max_rows)
-    pairs = list(dict.fromkeys(
-        [Pair(input=r.pair1[0], output=r.pair1[1]) for r in pair_rows]
-        + [Pair(input=r.pair2[0], output=r.pair2[1]) for r in pair_rows]))
-    pair_vectors = {
-        "resid": pair_representations(model, pairs, layer=layer),
-        "unembed_diff": unembed_difference(model, pairs),
-        "random": random_vectors(len(pairs), model.cfg.d_model, seed=seed),
-    }
-    figs = {}
-    for rep, v in pair_vectors.items():
-        res = pair_level(pair_rows, pairs, v, **stats)
-        cos = res.pop("cosine")
-        results["pair_level"][rep] = res
-        if rep == "random":
-            res["chance"] = random_draws(
-                lambda v: pair_level(pair_rows, pairs, v, **quick), len(pairs),
-                model.cfg.d_model, seed=seed)
-        if rep == "resid":
-            figs["pair_level_scatter"] = scatter(
-                pair_rows, cos, title=f"pair level: residual at layer {layer} vs human rating")
-    results["n_pair_rows"] = len(pair_rows)
-    results["n_pairs"] = len(pairs)
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for rep, r in results["relation_level"].items():
-        fig.add_trace(go.Scatter(x=[i["cosine"] for i in r["items"]],
-                                 y=[i["rating"] for i in r["items"]], mode="markers", name=rep,
-                                 text=[":".join(i["relations"]) for i in r["items"]]))
-    fig.update_layout(title="relation level: cosine of relation vectors vs mean rating",
-                      xaxis_title="cosine", yaxis_title="mean human rating")
-    figs["relation_level_scatter"] = fig
-    return results, figs
