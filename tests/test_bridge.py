@@ -275,7 +275,9 @@ def test_fast_aie_equals_the_reference_on_a_padded_batch(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_fv_and_dfv_steer_only_the_last_position_and_sweeps_equal_full_passes(name):
     from fvlens.evaluation import evaluation_from_logits
-    from fvlens.injection import residual_cache, steered_evaluation
+    from fvlens.injection import ResidualCache
+    from fvlens.lastpos import step_cache
+    from fvlens.lastpos import steered as steered_on
     from fvlens.steering import DistributedFV, FunctionVector
 
     model = bridge(name)
@@ -284,7 +286,8 @@ def test_fv_and_dfv_steer_only_the_last_position_and_sweeps_equal_full_passes(na
     fv = FunctionVector(vector=torch.randn(model.cfg.d_model, generator=g), layer=1)
     heads = ((1, 0), (2, 3))
     dfv = DistributedFV(heads=heads, means=torch.randn(2, model.cfg.d_head, generator=g))
-    cache = residual_cache(model, batch)
+    cache = step_cache(model, batch)  # what fvlens run sweeps on: HF's cache is not TL's
+    assert isinstance(cache, ResidualCache)
     with torch.no_grad():
         plain = model(batch.tokens, attention_mask=batch.attention_mask)
     for hooks, start in ((fv.hooks(), 2), (dfv.hooks(), 1)):
@@ -294,8 +297,8 @@ def test_fv_and_dfv_steer_only_the_last_position_and_sweeps_equal_full_passes(na
         assert (steered[:, -1] - plain[:, -1]).abs().max() > 1e-3
         want = evaluation_from_logits(steered[:, -1].float(), batch.targets)
         vec = fv.vector if start == 2 else None
-        got = steered_evaluation(model, cache, start=start, vector=vec,
-                                 fwd_hooks=[] if start == 2 else hooks)
+        got = steered_on(model, cache, start=start, vector=vec,
+                         fwd_hooks=[] if start == 2 else hooks)
         assert torch.equal(got.ranks, want.ranks)
     torch.testing.assert_close(cache.unsteered.ranks, evaluation_from_logits(
         plain[:, -1].float(), batch.targets).ranks)
