@@ -41,7 +41,7 @@ EXPLAIN_PROBE = """
 import json, time, torch
 from importlib.metadata import version
 torch.set_num_threads({threads})
-from fvlens.lrp.relevance import explain
+from fvlens.attnlrp.relevance import explain
 from fvlens.models import load_model
 m = load_model("smollm2-135m", backend={backend!r}, device="cpu")
 for p in m.parameters():
@@ -77,7 +77,7 @@ def numbers(args: argparse.Namespace) -> dict:
 
     from fvlens.forward import forward_last
     from fvlens.heads.aie import indirect_effects
-    from fvlens.lrp.relevance import explain
+    from fvlens.attnlrp.relevance import explain
     from fvlens.models import load_model
     from fvlens.prompts import corrupted, icl_prompts
     from fvlens.tasks import load_task

@@ -107,7 +107,7 @@ def run_sections(args) -> dict:
     from fvlens.evaluation import evaluate, last_logits
     from fvlens.heads.aie import indirect_effects
     from fvlens.heads.select import score_heads
-    from fvlens.lrp import explain_batch
+    from fvlens.attnlrp import explain_batch
     from fvlens.models import load_model
 
     out: dict = {"sections": {}, "errors": {}}

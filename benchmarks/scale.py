@@ -78,7 +78,7 @@ def build(p: dict[str, int]):
 def call(model, batch, mean_z, name: str):
     from fvlens.evaluation import last_logits
     from fvlens.heads.aie import indirect_effects
-    from fvlens.lrp import explain_batch
+    from fvlens.attnlrp import explain_batch
 
     if name == "forward":
         return lambda: last_logits(model, batch, batch_size=len(batch))

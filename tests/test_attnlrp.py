@@ -22,7 +22,7 @@ from fvlens.attnlrp import (
     uniform_rule,
 )
 from fvlens.hooks import assert_no_hooks
-from fvlens.lrp.relevance import _trace
+from fvlens.attnlrp.relevance import _trace
 
 RULE_ATOL = 1e-5  # closed forms on small float32 tensors (lxt's tolerance)
 BUDGET_ATOL = 1e-9  # budget identities in float64: only summation round-off remains

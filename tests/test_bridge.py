@@ -25,8 +25,8 @@ from fvlens.backend import (hook_names, hook_points, input_hook_names, is_bridge
 from fvlens.forward import final_logits, forward_last, resume, run_to
 from fvlens.heads.aie import indirect_effects, patch_head_hooks
 from fvlens.hooks import assert_no_hooks, count_hooks, hook_name
-from fvlens.lrp.relevance import _trace, explain_batch
-from fvlens.lrp.rules import attnlrp_hooks
+from fvlens.attnlrp.relevance import _trace, explain_batch
+from fvlens.attnlrp.rules import attnlrp_hooks
 
 pytestmark = pytest.mark.bridge
 

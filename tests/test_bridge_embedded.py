@@ -13,8 +13,8 @@ from fvlens.backend import has_hooked_transformer, is_bridge, kv_forward, repeat
 from fvlens.forward import final_logits, forward_last, resume, run_to
 from fvlens.heads.aie import indirect_effects, patch_head_hooks
 from fvlens.hooks import assert_no_hooks, hook_name
-from fvlens.lrp.relevance import _trace, explain
-from fvlens.lrp.rules import attnlrp_hooks
+from fvlens.attnlrp.relevance import _trace, explain
+from fvlens.attnlrp.rules import attnlrp_hooks
 
 pytestmark = [pytest.mark.bridge, pytest.mark.slow]
 

@@ -17,8 +17,8 @@ from fvlens.attnlrp import attnlrp_hooks, explain, explain_batch, uniform_rule
 from fvlens.heads.aie import (_indirect_effects_kv_cache, _shared_prefix_supported,
                               indirect_effects)
 from fvlens.hooks import assert_no_hooks
-from fvlens.lrp.relevance import _trace
-from fvlens.lrp.rules import identity_rule, softcap_input_rule
+from fvlens.attnlrp.relevance import _trace
+from fvlens.attnlrp.rules import identity_rule, softcap_input_rule
 from fvlens.steering import DistributedFV, FunctionVector
 
 BUDGET_ATOL = 1e-9  # budget identities in float64: only summation round-off remains

@@ -10,8 +10,8 @@ from conftest import make_tiny
 
 from fvlens.evaluation import ranks_of
 from fvlens.hooks import assert_no_hooks, frozen_parameters
-from fvlens.lrp.relevance import _forward_backward, _times, explain_batch
-from fvlens.lrp.rules import attnlrp_hooks
+from fvlens.attnlrp.relevance import _forward_backward, _times, explain_batch
+from fvlens.attnlrp.rules import attnlrp_hooks
 
 LEAN_RTOL = 1e-6  # lean vs full reads, float32: only the unembedding's reduction may differ
 

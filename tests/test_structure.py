@@ -25,7 +25,7 @@ LEVELS = {
     # 3: the forward core
     "fvlens.forward": 3, "fvlens.prefix": 3,
     # 4: what is computed from activations: heads, AttnLRP, vectors, generation
-    "fvlens.activations": 4, "fvlens.heads": 4, "fvlens.lrp": 4, "fvlens.attnlrp": 4,
+    "fvlens.activations": 4, "fvlens.heads": 4, "fvlens.attnlrp": 4,
     "fvlens.steering": 4, "fvlens.generation": 4, "fvlens.vectors": 4,
     # 5: evaluation and injection sweeps
     "fvlens.evaluation": 5, "fvlens.injection": 5, "fvlens.instruct": 5, "fvlens.lastpos": 5,
@@ -164,8 +164,8 @@ def test_one_final_norm_unembed_softcap():
     module calls the model's final norm or unembedding, or soft-caps the output logits."""
     calls = re.compile(r"\.(ln_final|unembed)\(|output_logits_soft_cap\)")
     users = sorted(m for m, p in _modules().items() if calls.search(p.read_text()))
-    # lrp.rules reads the cap to give its tanh the identity rule; it computes no logits
-    assert users == ["fvlens.forward", "fvlens.lrp.rules"], users
+    # attnlrp.rules reads the cap to give its tanh the identity rule; it computes no logits
+    assert users == ["fvlens.attnlrp.rules", "fvlens.forward"], users
 
 
 def test_no_public_name_is_shadowed_by_a_submodule():

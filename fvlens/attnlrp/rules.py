@@ -209,7 +209,7 @@ def _norm_rule_hooks(model: Model) -> tuple[HookList, HookList]:
         def keep(x: Tensor, hook: HookPoint, _store=store) -> None:
             _store["x"] = x
 
-        keep.records_input = True  # type: ignore[attr-defined]  # see lrp.relevance._trace
+        keep.records_input = True  # type: ignore[attr-defined]  # see attnlrp.relevance._trace
 
         def rule(y: Tensor, hook: HookPoint, _store=store, _module=module,
                  _centered=centered) -> Tensor:

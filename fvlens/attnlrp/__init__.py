@@ -8,21 +8,16 @@ gradient through softmax (which *is* the paper's softmax rule, Prop. 3.1). Every
 keeps the forward value bit-exact and changes only the gradient, so ``attnlrp_hooks(model)``
 composes with any other hook list. Paper: https://arxiv.org/abs/2402.05602
 
-The implementation lives in ``fvlens.lrp`` (``rules``: the rules and ``attnlrp_hooks``;
-``relevance``: ``relevance_at``, ``explain``, ``explain_batch``); this module is the public
-name.
+Modules: ``rules`` (the rules and ``attnlrp_hooks``) and ``relevance`` (``relevance_at``,
+``explain``, ``explain_batch``).
 """
 
-from fvlens.lrp import (
-    BatchRelevance,
-    Relevance,
+from fvlens.attnlrp.relevance import BatchRelevance, Relevance, explain, explain_batch, relevance_at
+from fvlens.attnlrp.rules import (
     attnlrp_hooks,
-    explain,
-    explain_batch,
     gated_product_rule,
     identity_rule,
     norm_rule,
-    relevance_at,
     softcap_input_rule,
     uniform_rule,
 )

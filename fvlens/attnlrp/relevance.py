@@ -19,7 +19,7 @@ from transformer_lens.hook_points import HookPoint
 from fvlens.backend import input_hook_names, pass_on
 from fvlens.forward import final_logits, ranks_of, run_to
 from fvlens.hooks import HookList, check_hook_names, frozen_parameters
-from fvlens.lrp.rules import attnlrp_hooks
+from fvlens.attnlrp.rules import attnlrp_hooks
 from fvlens.modeltype import Model
 
 __all__ = ["BatchRelevance", "Relevance", "explain", "explain_batch", "relevance_at"]
