@@ -88,11 +88,14 @@ def test_each_prompt_is_embedded_once_per_pass(capitalize_run):
     result, rows = capitalize_run
     task = result.tasks["capitalize"]
     n_mean, n_val = CFG.n_mean, CFG.n_val
+    # The validation and test zero-shot prompts go into last-token caches (fvlens.lastpos):
+    # each row's prefix in one pass, then its last token alone in a second; every token is
+    # embedded once, but the row passes hook_embed twice.
     expected = (n_mean            # clean prompts: mean activations and their accuracy
-                + n_val           # validation zero-shot: one residual cache for all sweeps
+                + 2 * n_val       # validation zero-shot: one last-token cache for all sweeps
                 + CFG.n_samples   # AIE: the corrupted prompts' recording pass
                 + CFG.n_samples   # AttnLRP: the relevance pass (its logits give the top-5 filter)
                 + task.n_test     # test ICL reference
                 + task.n_test     # instruction baseline (capitalize has instructions)
-                + task.n)         # test zero-shot: one residual cache for every steered eval
+                + 2 * task.n)     # test zero-shot: one last-token cache for every steered eval
     assert rows == expected
