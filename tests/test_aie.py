@@ -35,6 +35,31 @@ def test_fast_equals_reference(tiny_model):
     assert_no_hooks(tiny_model)
 
 
+def test_row_patches_equal_one_head_patches(tiny_model):
+    """Row r patched at head heads[r] gives row r of the batch patched at that head alone."""
+    from fvlens.heads.patching import patch_head_hooks, row_patch_hooks
+
+    batch = random_batch(n=1, lengths=(6,))
+    cfg = tiny_model.cfg
+    heads = torch.arange(cfg.n_heads)
+    values = torch.randn(cfg.n_heads, cfg.d_head, generator=torch.Generator().manual_seed(4))
+    tokens = batch.tokens.repeat(cfg.n_heads, 1)
+    with torch.no_grad():
+        with tiny_model.hooks(fwd_hooks=row_patch_hooks(1, heads, values)):
+            rows = tiny_model(tokens)[:, -1]
+        for h in range(cfg.n_heads):
+            with tiny_model.hooks(fwd_hooks=patch_head_hooks(1, h, values[h])):
+                one = tiny_model(batch.tokens)[0, -1]
+            torch.testing.assert_close(rows[h], one, atol=FAST_VS_REFERENCE_ATOL, rtol=0)
+    assert not torch.allclose(rows[0], rows[1])  # different heads, different outputs
+    from jaxtyping import TypeCheckError
+
+    # the shapes disagree: jaxtyping's check (active in the tests) or the function's own
+    with pytest.raises((ValueError, TypeCheckError)):
+        row_patch_hooks(1, heads, values[:1])
+    assert_no_hooks(tiny_model)
+
+
 def test_kv_cache_fallback_equals_reference(tiny_model):
     batch = random_batch(seed=3)
     cfg = tiny_model.cfg
@@ -97,15 +122,15 @@ def test_fast_equals_reference_on_embedded_model(smollm):
                                generator=torch.Generator().manual_seed(0))
     fast = indirect_effects_fast(smollm, corrupted, mean_z, progress=False)
     # The reference on a few heads only (one full forward per head is slow).
-    from fvlens.heads.aie import patch_head_hooks, _target_probs
+    from fvlens.heads.patching import patch_head_hooks, target_probs
     from fvlens.forward import forward_last as _forward_last
 
     with torch.no_grad():
-        base = _target_probs(_forward_last(smollm, corrupted.tokens, corrupted.attention_mask),
+        base = target_probs(_forward_last(smollm, corrupted.tokens, corrupted.attention_mask),
                              corrupted.targets)
         for layer, head in [(0, 0), (12, 4), (29, 8)]:
             with smollm.hooks(fwd_hooks=patch_head_hooks(layer, head, mean_z[layer, head])):
-                p = _target_probs(_forward_last(smollm, corrupted.tokens,
+                p = target_probs(_forward_last(smollm, corrupted.tokens,
                                                 corrupted.attention_mask), corrupted.targets)
             torch.testing.assert_close(fast[:, layer, head], p - base, atol=1e-5, rtol=0)
     assert_no_hooks(smollm)

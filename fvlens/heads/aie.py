@@ -33,27 +33,13 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from fvlens.backend import cfg_get, is_bridge
 from fvlens.forward import final_logits, forward_last
 from fvlens.heads.aie_bridge import indirect_effects_bridge
-from fvlens.hooks import HookList, hook_name
+from fvlens.heads.patching import patch_head_hooks, row_patch_hooks, target_probs
+from fvlens.hooks import hook_name
 from fvlens.batch import PromptBatch
 from fvlens.modeltype import Model
 
 __all__ = ["patch_head_hooks", "indirect_effects_reference", "indirect_effects_fast",
            "indirect_effects"]
-
-
-def patch_head_hooks(layer: int, head: int, value: Float[Tensor, " d_head"]) -> HookList:
-    """A hook list that sets head ``head`` of ``layer`` to ``value`` at the last position."""
-
-    def hook(z: Tensor, hook) -> Tensor:
-        z = z.clone()
-        z[:, -1, head] = value.to(z)
-        return z
-
-    return [(hook_name("z", layer), hook)]
-
-
-def _target_probs(logits: Tensor, targets: Tensor) -> Tensor:
-    return logits.float().softmax(-1).gather(1, targets[:, None].to(logits.device))[:, 0].cpu()
 
 
 @torch.no_grad()
@@ -73,7 +59,7 @@ def indirect_effects_reference(
         ``[batch, n_layers, n_heads]`` indirect effects on the target's probability.
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    base = torch.cat([_target_probs(forward_last(model, c.tokens, c.attention_mask), c.targets)
+    base = torch.cat([target_probs(forward_last(model, c.tokens, c.attention_mask), c.targets)
                       for c in corrupted.chunks(batch_size)])
     out = torch.zeros(len(corrupted), n_layers, n_heads)
     bar = tqdm(total=n_layers * n_heads, desc="AIE (reference)", disable=not progress)
@@ -82,7 +68,7 @@ def indirect_effects_reference(
             probs = []
             with model.hooks(fwd_hooks=patch_head_hooks(layer, head, mean_z[layer, head])):
                 for c in corrupted.chunks(batch_size):
-                    probs.append(_target_probs(
+                    probs.append(target_probs(
                         forward_last(model, c.tokens, c.attention_mask), c.targets))
             out[:, layer, head] = torch.cat(probs) - base
             bar.update()
@@ -156,24 +142,18 @@ def _indirect_effects_kv_cache(model, corrupted, mean_z, *, batch_size, progress
         names = [hook_name("resid_pre", layer) for layer in range(n_layers)]
         with model.hooks(fwd_hooks=[(n, grab) for n in names]):
             logits = model(tokens[:, -1:], attention_mask=mask[:, -1:], past_kv_cache=cache)
-        base = _target_probs(logits[:, -1], chunk.targets)
+        base = target_probs(logits[:, -1], chunk.targets)
         rows_mask = mask.repeat_interleave(n_heads, dim=0)  # row r: prompt r // H, head r % H
         rows_cache = _rows_sharing_prefix(cache, n_heads)
         heads = torch.arange(n_heads, device=device).repeat(p)
         # 3. Per layer: every head patched, one row each, from that layer up.
         for layer in range(n_layers):
             resid = resid_pre[layer].repeat_interleave(n_heads, dim=0)
-            value = mean_z[layer].to(device=device, dtype=resid.dtype)[heads]
-
-            def patch(z: Tensor, hook, _value=value) -> Tensor:
-                z = z.clone()
-                z[torch.arange(z.shape[0], device=z.device), -1, heads] = _value
-                return z
-
-            with model.hooks(fwd_hooks=[(hook_name("z", layer), patch)]):
+            patch = row_patch_hooks(layer, heads, mean_z[layer][heads.cpu()])
+            with model.hooks(fwd_hooks=patch):
                 x = model(resid, start_at_layer=layer, stop_at_layer=n_layers,
                           attention_mask=rows_mask, past_kv_cache=rows_cache)
-            probs = _target_probs(final_logits(model, x[:, -1]),
+            probs = target_probs(final_logits(model, x[:, -1]),
                                   chunk.targets.repeat_interleave(n_heads))
             out[row:row + p, layer] = probs.view(p, n_heads) - base[:, None]
             bar.update()
@@ -275,7 +255,7 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
             if cfg.parallel_attn_mlp:
                 hooks.append((hook_name("mlp_out", layer), lambda x, hook: keep(x, hook, True)))
         with model.hooks(fwd_hooks=hooks):
-            base = _target_probs(forward_last(model, tokens, mask), chunk.targets)
+            base = target_probs(forward_last(model, tokens, mask), chunk.targets)
         # 2. Layer by layer, one row per (prompt, patched head). A head of layer L enters as
         #    L's attention output recomputed with that head's z replaced; its row then carries
         #    only the last token through the layers above L, together with the rows of every
@@ -299,7 +279,7 @@ def _indirect_effects_shared_prefix(model, corrupted, mean_z, *, batch_size, pro
         assert x is not None
         targets = chunk.targets.repeat_interleave(n_layers * n_heads)
         flat = x.reshape(p * n_layers * n_heads, 1, -1)
-        probs = torch.cat([_target_probs(final_logits(model, flat[i:i + UNEMBED_ROWS, -1]),
+        probs = torch.cat([target_probs(final_logits(model, flat[i:i + UNEMBED_ROWS, -1]),
                                          targets[i:i + UNEMBED_ROWS])
                            for i in range(0, len(flat), UNEMBED_ROWS)])
         out[row:row + p] = probs.view(p, n_layers, n_heads) - base[:, None, None]

@@ -18,14 +18,11 @@ from tqdm.auto import tqdm
 from fvlens.backend import bridge_resume, kv_forward, repeat_kv
 from fvlens.batch import PromptBatch
 from fvlens.forward import final_logits
+from fvlens.heads.patching import row_patch_hooks, target_probs
 from fvlens.hooks import hook_name
 from fvlens.modeltype import Model
 
 __all__ = ["indirect_effects_bridge"]
-
-
-def _probs(logits: Tensor, targets: Tensor) -> Tensor:
-    return logits.float().softmax(-1).gather(1, targets[:, None].to(logits.device))[:, 0].cpu()
 
 
 @torch.no_grad()
@@ -67,7 +64,7 @@ def indirect_effects_bridge(
         hooks = [(hook_name("resid_pre", layer), grab(layer)) for layer in range(n_layers)]
         with model.hooks(fwd_hooks=hooks):
             logits, _ = kv_forward(model, tokens[:, -1:], mask[:, -1:], repeat_kv(prefix, 1))
-        base = _probs(logits[:, -1], chunk.targets)
+        base = target_probs(logits[:, -1], chunk.targets)
         heads = torch.arange(n_heads, device=device).repeat(p)  # row r: head r % H
         targets = chunk.targets.repeat_interleave(n_heads)
         last_mask = mask[:, -1:].repeat_interleave(n_heads, dim=0)
@@ -75,18 +72,11 @@ def indirect_effects_bridge(
         for layer in range(n_layers):
             rows = repeat_kv(prefix, n_heads)
             resid = resid_pre[layer].repeat_interleave(n_heads, dim=0)  # type: ignore[union-attr]
-            value = mean_z[layer].to(device=device, dtype=resid.dtype)[heads]
-
-            def patch(z: Tensor, hook, _value=value) -> Tensor:
-                z = z.clone()
-                z[torch.arange(z.shape[0], device=z.device), -1, heads] = _value
-                return z
-
-            with model.hooks(fwd_hooks=[(hook_name("z", layer), patch)]):
+            with model.hooks(fwd_hooks=row_patch_hooks(layer, heads, mean_z[layer][heads.cpu()])):
                 x = bridge_resume(model, resid, start=layer, stop=n_layers,
                                   attention_mask=torch.cat([rows.mask, last_mask], dim=1),
                                   past_key_values=rows.cache)
-            probs = _probs(final_logits(model, x[:, -1]), targets)
+            probs = target_probs(final_logits(model, x[:, -1]), targets)
             out[row:row + p, layer] = probs.view(p, n_heads) - base[:, None]
             del rows
             bar.update()
