@@ -151,6 +151,13 @@ def test_cli_similarity_writes_json_and_html(patched, tmp_path, capsys):
         assert "Spearman on the 3 passing relation vectors" in out
         lo, hi = sp["ci95"]
         assert f"[{lo:+.2f}, {hi:+.2f}]" in out
+    # every pass rule on the same vectors: the chosen one is the main result, top-5 counts
+    # the vectors whose first-token top-5 is above zero (ratio 0)
+    by = res["by_metric"]
+    assert set(by) == {"top1", "top5"} and by["top1"]["n_pass"] == q["n_pass"]
+    assert by["top5"]["n_pass"] == sum(r["val_top5"] > 0 for r in q["rows"])
+    assert set(by["top5"]["passing"]) >= set(q["passing"])  # top-1 > 0 implies top-5 > 0
+    assert f"under the top5 rule: {by['top5']['n_pass']} of 3 pass" in out
     lines = [ln for ln in out.splitlines() if "_level" in ln]
     assert all("spearman" in ln and "pearson" in ln for ln in lines)
     assert sum(" relation_level " in ln for ln in lines) == 4

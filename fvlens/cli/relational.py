@@ -128,6 +128,16 @@ def _pass_line(q: dict) -> str:
             f"{q['ratio']} × ICL {m} on the same queries, and > 0)")
 
 
+def _passing_spearman(n_pass: int, level: dict) -> str:
+    passing = level.get("finetuned")
+    if not passing:
+        return (f"no relation-level correlation on the passing vectors: "
+                f"{level.get('skipped', 'none pass')}")
+    sp = passing["spearman"]
+    return (f"Spearman on the {n_pass} passing relation vectors: {sp['r']:+.3f} "
+            f"{_ci(sp['ci95'])} (n={passing['n']} rated relation pairs, p={sp['p_perm']})")
+
+
 def cmd_similarity(args: argparse.Namespace) -> int:
     from fvlens.relational.ratings import read_ratings
     from fvlens.relational.similarity_study import run_similarity
@@ -154,14 +164,11 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     if q:
         print(_quality_table(q["rows"]))
         print(_pass_line(q))
-        passing = res.get("relation_level_passing", {}).get("finetuned")
-        if passing:
-            sp = passing["spearman"]
-            print(f"Spearman on the {q['n_pass']} passing relation vectors: {sp['r']:+.3f} "
-                  f"{_ci(sp['ci95'])} (n={passing['n']} rated relation pairs, p={sp['p_perm']})")
-        else:
-            print(f"no relation-level correlation on the passing vectors: "
-                  f"{res.get('relation_level_passing', {}).get('skipped', 'none pass')}")
+        print(_passing_spearman(q["n_pass"], res.get("relation_level_passing", {})))
+        for m, other in res.get("by_metric", {}).items():
+            if m != q.get("metric", "top1"):
+                print(f"under the {m} rule: {other['n_pass']} of {other['n']} pass; "
+                      + _passing_spearman(other["n_pass"], other["relation_level_passing"]))
     for level in ("relation_level", "relation_level_passing", "pair_level"):
         for rep, r in res.get(level, {}).items():
             if not isinstance(r, dict) or "n" not in r.get("all", r):

@@ -10,6 +10,7 @@ representation (the baselines too, so the two sets compare like with like).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 from fvlens.modeltype import Model
 
-from fvlens.relational.quality import DEFAULT_PASS_RATIO, summarize
+from fvlens.relational.quality import DEFAULT_PASS_RATIO, METRICS, summarize
 from fvlens.relational.ratings import Rating, relation_pairs
 from fvlens.relational.similarity import (icl_mean_vectors, pair_level, pair_representations,
                                           random_draws, random_vectors, relation_level,
@@ -33,6 +34,19 @@ def _relation_levels(rows, names, vectors: dict[str, Tensor], stats, d_model, se
     out["random"]["chance"] = random_draws(lambda v: relation_level(rows, names, v, **quick),
                                            len(names), d_model, seed=seed)["all"]
     return out
+
+
+def _passing_level(passing: Sequence[str], *, rows, names, vectors: dict[str, Tensor],
+                   stats, d_model, seed) -> dict:
+    """The relation level restricted to the passing relations (rows and vectors alike)."""
+    keep = set(passing)
+    sub = [r for r in rows if r.relation1 in keep and r.relation2 in keep]
+    idx = [names.index(n) for n in passing]
+    try:
+        return _relation_levels(sub, list(passing), {k: v[idx] for k, v in vectors.items()},
+                                stats, d_model, seed)
+    except ValueError as e:  # too few rated pairs among the passing relations
+        return {"skipped": str(e)}
 
 
 def run_similarity(model: Model, rows: Sequence[Rating], *, layer: int | None = None,
@@ -60,8 +74,10 @@ def run_similarity(model: Model, rows: Sequence[Rating], *, layer: int | None = 
 
     Returns:
         ``(results, figures)``: results has ``relation_level`` (all relations),
-        ``relation_level_passing`` (the relations whose vector passes), ``quality`` and
-        ``pair_level``; figures are plotly scatters by name.
+        ``relation_level_passing`` (the relations whose vector passes under ``metric``),
+        ``quality``, ``by_metric`` (for each pass metric, top-1 and first-token top-5: how
+        many pass and the relation level on those) and ``pair_level``; figures are plotly
+        scatters by name.
     """
     rel = relation_pairs(rows)
     names = sorted(rel)
@@ -97,15 +113,18 @@ def run_similarity(model: Model, rows: Sequence[Rating], *, layer: int | None = 
     results["relation_level"] = _relation_levels(rows, names, relation_vectors, stats,
                                                   model.cfg.d_model, seed)
     if fitted:
-        passing = results["quality"]["passing"]
-        sub = [r for r in rows if r.relation1 in set(passing) and r.relation2 in set(passing)]
-        idx = [names.index(n) for n in passing]
-        try:
-            results["relation_level_passing"] = _relation_levels(
-                sub, passing, {k: v[idx] for k, v in relation_vectors.items()}, stats,
-                model.cfg.d_model, seed)
-        except ValueError as e:  # too few rated pairs among the passing relations
-            results["relation_level_passing"] = {"skipped": str(e)}
+        level = dict(rows=rows, names=names, vectors=relation_vectors, stats=stats,
+                     d_model=model.cfg.d_model, seed=seed)
+        results["relation_level_passing"] = _passing_level(results["quality"]["passing"],
+                                                           **level)
+        results["by_metric"] = {}
+        for m in METRICS:  # the same vectors under each pass rule, the chosen one included
+            q = summarize([dataclasses.replace(f.quality, metric=m) for f in fitted])
+            results["by_metric"][m] = {
+                "n": q["n"], "n_pass": q["n_pass"], "passing": q["passing"],
+                "failing": q["failing"],
+                "relation_level_passing": (results["relation_level_passing"] if m == metric
+                                           else _passing_level(q["passing"], **level))}
 
     pair_rows = list(rows)
     if max_rows and len(pair_rows) > max_rows:
