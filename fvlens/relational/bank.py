@@ -209,7 +209,7 @@ def fit_relations(model: Model, tasks: Sequence[str | Task], cfg: FinetuneConfig
     runs = {}
     for c in tqdm(candidates, desc="relation vectors", disable=not progress):
         runs[_key(c)] = finetune_many(model, tasks, dataclasses.replace(cfg, **c),
-                                      progress=False)
+                                      progress=progress)  # the steps' bar inside
     keys = list(runs)
 
     def rank(r: FinetuneResult) -> tuple[float, float]:
@@ -222,7 +222,9 @@ def fit_relations(model: Model, tasks: Sequence[str | Task], cfg: FinetuneConfig
     else:
         chosen = [max(keys, key=lambda k: rank(runs[k][i])) for i in range(len(tasks))]
     out = []
-    for i, (task, key) in enumerate(zip(tasks, chosen)):
+    bar = tqdm(list(zip(tasks, chosen)), desc="quality (ICL reference, test)",
+               disable=not progress, leave=False)
+    for i, (task, key) in enumerate(bar):
         res = runs[key][i]
         train_q, val_q, test_q = split_pairs(task, cfg)
         icl = icl_reference(model, val_q, train_q, shots=icl_shots, seed=cfg.seed)
