@@ -2,7 +2,8 @@
 
     python benchmarks/relational.py [--model smollm2-135m] \
         --out benchmarks/results/relational.json \
-        --sections finetune,decoding,bank,analogies,similarity [--ratings FILE]
+        --sections finetune,decoding,bank,bank_decoding,analogies,similarity \
+        [--ratings FILE] [--banks passing,all]
 
 - finetune: held-out zero-shot top-1 of zero-shot, 10-shot ICL, the extracted AIE and AttnLRP
   FVs, and fine-tuned FVs from every init (aie, attnlrp, zeros, random) plus the fine-tuned
@@ -11,6 +12,8 @@
 - bank: one fine-tuned FV per built-in word relation, its layer chosen on validation among
   --candidates, each with its quality (validation top-1 vs the ICL reference on the same
   queries); the vectors are saved to --bank.
+- bank_decoding: the bank's FVs through the unembedding (relation-word ranks, top tokens)
+  beside the ICL task vector of the same relation at the same layer.
 - analogies: tasks/analogies.jsonl and tasks/analogies_hard.jsonl under every condition and
   composite variant (options chosen on validation items, reported on test with bootstrap
   intervals), on the passing bank and on all of it.
@@ -112,6 +115,56 @@ def bench_decoding(model, vectors) -> dict:
     return out
 
 
+def _sign_test(a, b) -> float | None:
+    """Two-sided sign test of a < b over the pairs that differ."""
+    from scipy.stats import binomtest
+
+    wins, n = sum(x < y for x, y in zip(a, b)), sum(x != y for x, y in zip(a, b))
+    return float(binomtest(wins, n).pvalue) if n else None
+
+
+def bench_bank_decoding(model, args) -> dict:
+    """The bank's fine-tuned FVs through the unembedding, beside the unfine-tuned ICL task
+    vector of the same relation at the same layer (from the same training pairs)."""
+    import statistics
+
+    from fvlens.relational.bank import RelationBank
+    from fvlens.relational.decoding import decode, relation_word_rank
+    from fvlens.relational.finetune import split_pairs
+    from fvlens.relational.taskvec import task_vectors
+    from fvlens.tasks import load_task
+
+    bank = RelationBank.load(args.bank, model=model)
+    cfg = _finetune_cfg(args, pairs=20, n_val=30)
+    passing = set(bank.passing(args.pass_ratio))
+    rows = {}
+    for name, v in zip(bank.names, bank.vectors):
+        task = load_task(name)
+        train_q, _, _ = split_pairs(task, cfg)
+        icl_tv = task_vectors(model, train_q, shots=cfg.tv_shots, seed=cfg.seed)[v.layer]
+        rows[name] = {"layer": v.layer, "passes": name in passing}
+        for key, vec in (("finetuned", v.vector), ("icl_task_vector", icl_tv)):
+            rows[name][key] = relation_word_rank(model, vec, task.relation_words) | {
+                "top10": [t.token for t in decode(model, vec, k=10)]}
+        print(name, {k: rows[name][k]["best_rank"] for k in ("finetuned", "icl_task_vector")},
+              flush=True)
+    summary = {}
+    for label, names in (("all", list(rows)), ("passing", [n for n in rows if rows[n]["passes"]])):
+        ft = [rows[n]["finetuned"]["best_rank"] for n in names]
+        tv = [rows[n]["icl_task_vector"]["best_rank"] for n in names]
+        summary[label] = {"n": len(names),
+                          "median_best_rank": {"finetuned": statistics.median(ft) if ft else None,
+                                               "icl_task_vector": statistics.median(tv) if tv
+                                               else None},
+                          "finetuned_better": sum(a < b for a, b in zip(ft, tv)),
+                          "sign_test_p": _sign_test(ft, tv),
+                          "ties": sum(a == b for a, b in zip(ft, tv)),
+                          "top100": {"finetuned": sum(r < 100 for r in ft),
+                                     "icl_task_vector": sum(r < 100 for r in tv)}}
+    return {"relations": rows, "summary": summary, "vocab": model.cfg.d_vocab,
+            "folder": str(args.bank)}
+
+
 def _section(fn, *args, **kw) -> dict:
     """Run one section and record its own provenance (sections of one file can come from
     different runs)."""
@@ -160,7 +213,9 @@ def bench_analogies(model, args) -> dict:
     cfg = AnalogyConfig()
     out = {"settings": dataclasses.asdict(cfg), "n_items": len(items), "banks": {}}
     passing = bank.passing(args.pass_ratio)
-    for label, names in (("passing", passing), ("all", list(bank.names))):
+    wanted = [b.strip() for b in args.banks.split(",") if b.strip()]
+    for label, names in [(k, v) for k, v in (("passing", passing), ("all", list(bank.names)))
+                         if k in wanted]:
         if label == "all" and len(names) == len(passing):
             out["banks"]["all"] = {"same_as": "passing"}
             continue
@@ -209,6 +264,8 @@ def main() -> None:
                     help="bank layer candidates (fvlens.relational.bank.parse_candidates)")
     ap.add_argument("--sim-candidates", default="10",
                     help="similarity layer candidates (one is chosen for all relations)")
+    ap.add_argument("--banks", default="passing,all",
+                    help="analogies: which banks to evaluate (the passing vectors, all of them)")
     ap.add_argument("--init", default="zeros")
     ap.add_argument("--target", default="first")
     ap.add_argument("--pass-ratio", type=float, default=0.5)
@@ -242,6 +299,9 @@ def main() -> None:
         dump()
     if "bank" in sections:
         result["bank"] = _section(bench_bank, model, args)
+        dump()
+    if "bank_decoding" in sections:
+        result["bank_decoding"] = _section(bench_bank_decoding, model, args)
         dump()
     if "analogies" in sections:
         result["analogies"] = _section(bench_analogies, model, args)
