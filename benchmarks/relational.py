@@ -202,7 +202,7 @@ def bench_bank(model, args) -> dict:
 def bench_analogies(model, args) -> dict:
     """Every condition and composite variant on both item files, on the passing bank and on
     all of it."""
-    from fvlens.relational.analogies import AnalogyConfig, evaluate_analogies
+    from fvlens.relational.analogies import CONDITIONS, AnalogyConfig, evaluate_analogies
     from fvlens.relational.bank import RelationBank
     from fvlens.relational.items import load_items
     from fvlens.tasks import task_dir
@@ -211,7 +211,9 @@ def bench_analogies(model, args) -> dict:
     items = [it for f in ("analogies.jsonl", "analogies_hard.jsonl")
              for it in load_items(task_dir() / f)]
     cfg = AnalogyConfig()
-    out = {"settings": dataclasses.asdict(cfg), "n_items": len(items), "banks": {}}
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] or CONDITIONS
+    out = {"settings": dataclasses.asdict(cfg) | {"conditions": list(conditions)},
+           "n_items": len(items), "banks": {}}
     passing = bank.passing(args.pass_ratio)
     wanted = [b.strip() for b in args.banks.split(",") if b.strip()]
     for label, names in [(k, v) for k, v in (("passing", passing), ("all", list(bank.names)))
@@ -223,7 +225,8 @@ def bench_analogies(model, args) -> dict:
             out["banks"][label] = {"skipped": "no vector passes"}
             continue
         t0 = time.perf_counter()
-        out["banks"][label] = evaluate_analogies(model, items, bank.subset(names), cfg=cfg)
+        out["banks"][label] = evaluate_analogies(model, items, bank.subset(names), cfg=cfg,
+                                                 conditions=conditions)
         out["banks"][label]["seconds"] = time.perf_counter() - t0
         print(label, json.dumps({c: v["mc"]["mean"] for c, v in
                                  out["banks"][label]["test"].items()}), flush=True)
@@ -266,6 +269,9 @@ def main() -> None:
                     help="similarity layer candidates (one is chosen for all relations)")
     ap.add_argument("--banks", default="passing,all",
                     help="analogies: which banks to evaluate (the passing vectors, all of them)")
+    ap.add_argument("--conditions", default="",
+                    help="analogies: the conditions to run (default all: baselines and every "
+                         "composite variant)")
     ap.add_argument("--init", default="zeros")
     ap.add_argument("--target", default="first")
     ap.add_argument("--pass-ratio", type=float, default=0.5)
