@@ -208,11 +208,12 @@ def bench_analogies(model, args) -> dict:
     from fvlens.tasks import task_dir
 
     bank = RelationBank.load(args.bank, model=model)
-    items = [it for f in ("analogies.jsonl", "analogies_hard.jsonl")
-             for it in load_items(task_dir() / f)]
+    items = [it for f in args.items.split(",") if f.strip()
+             for it in load_items(task_dir() / f.strip())]
     cfg = AnalogyConfig()
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] or CONDITIONS
-    out = {"settings": dataclasses.asdict(cfg) | {"conditions": list(conditions)},
+    out = {"settings": dataclasses.asdict(cfg) | {"conditions": list(conditions),
+                                                  "items": args.items},
            "n_items": len(items), "banks": {}}
     passing = bank.passing(args.pass_ratio)
     wanted = [b.strip() for b in args.banks.split(",") if b.strip()]
@@ -272,6 +273,8 @@ def main() -> None:
     ap.add_argument("--conditions", default="",
                     help="analogies: the conditions to run (default all: baselines and every "
                          "composite variant)")
+    ap.add_argument("--items", default="analogies.jsonl,analogies_hard.jsonl",
+                    help="analogies: item files under tasks/")
     ap.add_argument("--init", default="zeros")
     ap.add_argument("--target", default="first")
     ap.add_argument("--pass-ratio", type=float, default=0.5)
